@@ -1,0 +1,550 @@
+"""The pipeline file: TOML -> typed, validated objects.
+
+Every mistake raises :class:`~carbongeo.errors.ConfigError` with one line that names the key and
+says how to fix it. Relative paths resolve against the folder of the pipeline file; ``{year}`` in a
+path expands per year, and a path without it is a static source used for every year. The full
+format is documented in ``docs/pipeline-file.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from carbongeo.errors import ConfigError
+
+Kind = Literal["extensive", "intensive", "categorical"]
+KINDS: tuple[str, ...] = ("extensive", "intensive", "categorical")
+TRANSFORMS: tuple[str, ...] = ("none", "log1p")
+FFT_FILTERS: tuple[str, ...] = ("ideal", "butterworth", "gaussian")
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+DEFAULT_CONFIG_NAME = "carbongeo.toml"
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """One raster source: the target, the coarse product or an auxiliary band.
+
+    Attributes:
+        name: Band name (``target``, ``coarse`` or the aux ``name``).
+        path: Absolute path template; ``{year}`` expands per year.
+        kind: How values combine when resampled: ``extensive`` quantities (emissions, counts) are
+            summed so totals are kept, ``intensive`` ones (NDVI, radiance) averaged,
+            ``categorical`` ones (classes, masks) take the nearest value.
+        transform: Value transform applied before normalisation (``none`` or ``log1p``).
+        units: Physical units, carried into outputs.
+        nodata: Nodata override; ``None`` uses the file's declared nodata (and NaN).
+        band: 1-based band index in the file.
+    """
+
+    name: str
+    path: str
+    kind: Kind = "intensive"
+    transform: str = "none"
+    units: str = ""
+    nodata: float | None = None
+    band: int = 1
+
+    @property
+    def is_static(self) -> bool:
+        """True when the path has no ``{year}``: the same raster is used for every year."""
+        return "{year}" not in self.path
+
+    def path_for(self, year: int) -> Path:
+        """The file of ``year``."""
+        return Path(self.path.replace("{year}", str(year)))
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """The ``[grid]`` table."""
+
+    tile_size: int = 128
+    scale: int = 8
+    crs: str | None = None
+    resolution: float | None = None
+    bounds: tuple[float, float, float, float] | None = None
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """The ``[split]`` table."""
+
+    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    block_tiles: int = 2
+    buffer_tiles: int = 1
+    min_valid_fraction: float = 0.5
+    seed: int = 0
+    holdout_year: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The ``[model]`` table: DSTCarbonFormer's size and constraints."""
+
+    dim: int = 32
+    depth: int = 2
+    fft_constraint: bool = True
+    fft_filter: str = "ideal"
+    mass_constraint: bool = True
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The ``[train]`` table."""
+
+    epochs: int = 30
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 1
+    patience: int = 8
+    grad_clip: float = 1.0
+    num_workers: int = 2
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    compile: bool = False
+    channels_last: bool = False
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The ``[loss]`` table: weights of the hybrid loss terms."""
+
+    pixel: float = 1.0
+    ssim: float = 0.2
+    edge: float = 0.1
+    consistency: float = 0.1
+    tv: float = 0.01
+    high_weight: float = 5.0
+    high_quantile: float = 0.9
+
+
+@dataclass(frozen=True)
+class MosaicConfig:
+    """The ``[mosaic]`` table."""
+
+    overlap: int = 32
+    batch_size: int = 8
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """The ``[evaluate]`` table.
+
+    Attributes:
+        dasymetric: Aux band names used as proxies for dasymetric baselines (coarse mass spread
+            in proportion to the band). Empty: every ``extensive`` aux band plus one named ``ntl``.
+        split: Which split of tiles is evaluated (``test``, ``val`` or ``train``).
+    """
+
+    dasymetric: tuple[str, ...] = ()
+    split: str = "test"
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """A whole validated pipeline file."""
+
+    path: Path
+    workdir: Path
+    years: tuple[int, ...]
+    grid: GridConfig
+    target: SourceConfig
+    aux: tuple[SourceConfig, ...]
+    coarse: SourceConfig | None = None
+    split: SplitConfig = field(default_factory=SplitConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    mosaic: MosaicConfig = field(default_factory=MosaicConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def tiles_dir(self) -> Path:
+        """``<workdir>/tiles``."""
+        return self.workdir / "tiles"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        """``<workdir>/checkpoints``."""
+        return self.workdir / "checkpoints"
+
+    @property
+    def predictions_dir(self) -> Path:
+        """``<workdir>/predictions``."""
+        return self.workdir / "predictions"
+
+    @property
+    def reports_dir(self) -> Path:
+        """``<workdir>/reports``."""
+        return self.workdir / "reports"
+
+    @property
+    def aux_names(self) -> list[str]:
+        """Aux band names in channel order."""
+        return [a.name for a in self.aux]
+
+    def dasymetric_bands(self) -> list[str]:
+        """Aux bands used as dasymetric proxies by the baselines."""
+        if self.evaluate.dasymetric:
+            return list(self.evaluate.dasymetric)
+        return [a.name for a in self.aux if a.kind == "extensive" or a.name == "ntl"]
+
+    def sources(self) -> list[SourceConfig]:
+        """Every source: target, coarse (if any) and aux bands."""
+        return [self.target, *([self.coarse] if self.coarse else []), *self.aux]
+
+    def data_hash(self) -> str:
+        """A short hash of what determines the data and model (not paths or training knobs)."""
+        keys = ("grid", "target", "coarse", "aux", "model")
+        text = repr({k: self.raw.get(k) for k in keys})
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def check_files(self, years: Sequence[int] | None = None) -> None:
+        """Raise ConfigError naming the first source file missing for one of ``years``."""
+        for year in years if years is not None else self.years:
+            for src in self.sources():
+                path = src.path_for(year)
+                if not path.exists():
+                    key = (
+                        "target.path"
+                        if src.name == "target"
+                        else ("coarse.path" if src is self.coarse else f"aux '{src.name}' path")
+                    )
+                    raise ConfigError(
+                        f"{key}: file for year {year} not found: {path} "
+                        "(fix the path or the years range)"
+                    )
+
+
+# --------------------------------------------------------------------------- parsing helpers
+_YEAR_RANGE = re.compile(r"^\s*(\d{4})\s*(?:-\s*(\d{4})\s*)?$")
+
+
+def parse_years(value: object, key: str = "years") -> tuple[int, ...]:
+    """Parse ``"2014-2023"``, ``"2014"``, ``2014`` or a list of years into a sorted tuple."""
+    if isinstance(value, bool):
+        raise ConfigError(f'{key}: expected a year range like "2014-2023" or a list of years')
+    if isinstance(value, int):
+        return (value,)
+    if isinstance(value, str):
+        match = _YEAR_RANGE.match(value)
+        if not match:
+            raise ConfigError(f'{key}: {value!r} is not a year range; write e.g. "2014-2023"')
+        start = int(match.group(1))
+        end = int(match.group(2) or start)
+        if end < start:
+            raise ConfigError(f"{key}: range {value!r} ends before it starts")
+        return tuple(range(start, end + 1))
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
+        return tuple(sorted(set(value)))
+    raise ConfigError(f'{key}: expected a year range like "2014-2023" or a list of years')
+
+
+def _check_keys(table: dict[str, Any], allowed: Sequence[str], where: str) -> None:
+    for key in table:
+        if key not in allowed:
+            raise ConfigError(f"{where}{key}: unknown key; allowed keys here: {', '.join(allowed)}")
+
+
+def _typed(table: dict[str, Any], key: str, expected: type | tuple[type, ...], where: str) -> Any:
+    value = table[key]
+    ok = isinstance(value, expected) and not (isinstance(value, bool) and expected in (int, float))
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not ok:
+        names = (
+            expected.__name__
+            if isinstance(expected, type)
+            else " or ".join(t.__name__ for t in expected)
+        )
+        raise ConfigError(f"{where}{key}: expected {names}, got {value!r}")
+    return value
+
+
+def _build(cls: type, table: object, where: str) -> Any:
+    """Build a flat dataclass from a TOML table, checking keys and types."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where.rstrip('.')}: expected a table [{where.rstrip('.')}]")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    _check_keys(table, list(fields), where)
+    values: dict[str, Any] = {}
+    for key in table:
+        default = getattr(cls(), key)
+        if isinstance(default, bool):
+            values[key] = _typed(table, key, bool, where)
+        elif isinstance(default, int):
+            values[key] = _typed(table, key, int, where)
+        elif isinstance(default, float):
+            values[key] = _typed(table, key, float, where)
+        elif isinstance(default, str):
+            values[key] = _typed(table, key, str, where)
+        else:
+            values[key] = table[key]
+    return cls(**values)
+
+
+def _positive(value: float, key: str) -> None:
+    if value <= 0:
+        raise ConfigError(f"{key}: must be > 0, got {value}")
+
+
+def _resolve_path(raw: object, base: Path, key: str) -> str:
+    if not isinstance(raw, str) or not raw.strip():
+        raise ConfigError(f"{key}: expected a file path (string), got {raw!r}")
+    path = Path(raw).expanduser()
+    return str(path if path.is_absolute() else (base / path))
+
+
+_SOURCE_KEYS = ("name", "path", "kind", "transform", "units", "nodata", "band")
+
+
+def _source(table: object, base: Path, where: str, *, name: str | None) -> SourceConfig:
+    key = where.rstrip(".")
+    if not isinstance(table, dict):
+        raise ConfigError(f"{key}: expected a table")
+    allowed = _SOURCE_KEYS if name is None else tuple(k for k in _SOURCE_KEYS if k != "name")
+    _check_keys(table, allowed, where)
+    if "path" not in table:
+        raise ConfigError(f"{where}path: missing; give the raster file (use {{year}} per year)")
+    if name is None:
+        if "name" not in table:
+            raise ConfigError(f"{where}name: missing; give each [[aux]] band a name")
+        name = _typed(table, "name", str, where)
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise ConfigError(f"{where}name: {name!r} must be letters, digits, '_', '-' or '.'")
+    kind = table.get("kind", "extensive" if name in ("target", "coarse") else "intensive")
+    if kind not in KINDS:
+        raise ConfigError(f"{where}kind: {kind!r} is not one of {', '.join(KINDS)}")
+    transform = table.get("transform", "none")
+    if transform not in TRANSFORMS:
+        raise ConfigError(f"{where}transform: {transform!r} is not one of {', '.join(TRANSFORMS)}")
+    nodata = table.get("nodata")
+    if nodata is not None:
+        nodata = _typed(table, "nodata", float, where)
+    band = _typed(table, "band", int, where) if "band" in table else 1
+    if band < 1:
+        raise ConfigError(f"{where}band: bands are numbered from 1, got {band}")
+    units = _typed(table, "units", str, where) if "units" in table else ""
+    return SourceConfig(
+        name=name,
+        path=_resolve_path(table["path"], base, f"{where}path"),
+        kind=kind,
+        transform=transform,
+        units=units,
+        nodata=nodata,
+        band=band,
+    )
+
+
+_TOP_KEYS = (
+    "workdir",
+    "years",
+    "grid",
+    "target",
+    "coarse",
+    "aux",
+    "split",
+    "model",
+    "train",
+    "loss",
+    "mosaic",
+    "evaluate",
+)
+
+
+def load_config(path: str | Path, *, check_files: bool = False) -> PipelineConfig:
+    """Load and validate a pipeline file.
+
+    Args:
+        path: The TOML file.
+        check_files: Also check that every source file exists for every year.
+
+    Returns:
+        The validated configuration with absolute paths.
+
+    Raises:
+        ConfigError: One line naming the offending key and the fix.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"config file not found: {path} (pass --config PATH, or run "
+            "'carbongeo synth --out DIR' for a ready example)"
+        )
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid TOML ({err})") from err
+    return parse_config(raw, path.resolve().parent, path=path.resolve(), check_files=check_files)
+
+
+def parse_config(
+    raw: dict[str, Any], base: Path, *, path: Path | None = None, check_files: bool = False
+) -> PipelineConfig:
+    """Validate an already parsed TOML document; relative paths resolve against ``base``."""
+    _check_keys(raw, _TOP_KEYS, "")
+    for required in ("years", "target", "aux"):
+        if required not in raw:
+            raise ConfigError(
+                f"{required}: missing from the pipeline file (see docs/pipeline-file.md)"
+            )
+    years = parse_years(raw["years"])
+    workdir = Path(_resolve_path(raw.get("workdir", "runs"), base, "workdir"))
+
+    grid = _build(GridConfig, raw.get("grid", {}), "grid.")
+    _positive(grid.tile_size, "grid.tile_size")
+    _positive(grid.scale, "grid.scale")
+    if grid.tile_size % grid.scale:
+        raise ConfigError(
+            f"grid.scale: {grid.scale} does not divide grid.tile_size {grid.tile_size}; "
+            "pick a divisor (e.g. 4, 8 or 16 for tile_size 128)"
+        )
+    if grid.bounds is not None:
+        b = grid.bounds
+        if not (isinstance(b, list) and len(b) == 4 and all(isinstance(v, int | float) for v in b)):
+            raise ConfigError("grid.bounds: expected [xmin, ymin, xmax, ymax] numbers")
+        grid = dataclasses.replace(grid, bounds=tuple(float(v) for v in b))
+    if grid.crs is not None and not isinstance(grid.crs, str):
+        raise ConfigError(f'grid.crs: expected a CRS string like "EPSG:32650", got {grid.crs!r}')
+    if grid.resolution is not None:
+        if isinstance(grid.resolution, bool) or not isinstance(grid.resolution, int | float):
+            raise ConfigError(f"grid.resolution: expected a number, got {grid.resolution!r}")
+        grid = dataclasses.replace(grid, resolution=float(grid.resolution))
+    overrides = [grid.crs is not None, grid.resolution is not None, grid.bounds is not None]
+    if any(overrides) and not all(overrides):
+        raise ConfigError("grid: give crs, resolution and bounds together (or none of them)")
+    if grid.resolution is not None:
+        _positive(grid.resolution, "grid.resolution")
+
+    target = _source(raw["target"], base, "target.", name="target")
+    if target.kind != "extensive":
+        raise ConfigError("target.kind: emissions must be 'extensive' (totals kept when resampled)")
+    coarse = None
+    if "coarse" in raw:
+        coarse = _source(raw["coarse"], base, "coarse.", name="coarse")
+        if coarse.kind != "extensive":
+            raise ConfigError("coarse.kind: the coarse product must be 'extensive'")
+
+    aux_raw = raw["aux"]
+    if not isinstance(aux_raw, list) or not aux_raw:
+        raise ConfigError(
+            "aux: the aux list is empty; add at least one [[aux]] table with name and path"
+        )
+    aux = tuple(_source(t, base, f"aux[{i}].", name=None) for i, t in enumerate(aux_raw))
+    names = [a.name for a in aux]
+    duplicate = next((n for n in names if names.count(n) > 1), None)
+    if duplicate:
+        raise ConfigError(f"aux: band name {duplicate!r} is used twice; names must be unique")
+
+    split = _build(SplitConfig, raw.get("split", {}), "split.")
+    ratios = split.ratios
+    if not (
+        isinstance(ratios, list | tuple)
+        and len(ratios) == 3
+        and all(isinstance(r, int | float) and r >= 0 for r in ratios)
+        and sum(ratios) > 0
+    ):
+        raise ConfigError("split.ratios: expected three non-negative numbers [train, val, test]")
+    split = dataclasses.replace(split, ratios=tuple(float(r) / sum(ratios) for r in ratios))
+    if not 0 <= split.min_valid_fraction <= 1:
+        raise ConfigError("split.min_valid_fraction: must be between 0 and 1")
+    if split.block_tiles < 1 or split.buffer_tiles < 0:
+        raise ConfigError("split.block_tiles must be >= 1 and split.buffer_tiles >= 0")
+    if split.holdout_year is not None:
+        if isinstance(split.holdout_year, bool) or not isinstance(split.holdout_year, int):
+            raise ConfigError("split.holdout_year: expected a year (integer)")
+        if split.holdout_year not in years:
+            raise ConfigError(f"split.holdout_year: {split.holdout_year} is not in years")
+
+    model = _build(ModelConfig, raw.get("model", {}), "model.")
+    _positive(model.dim, "model.dim")
+    _positive(model.depth, "model.depth")
+    if model.fft_filter not in FFT_FILTERS:
+        raise ConfigError(
+            f"model.fft_filter: {model.fft_filter!r} is not one of {', '.join(FFT_FILTERS)}"
+        )
+
+    train = _build(TrainConfig, raw.get("train", {}), "train.")
+    for key in ("epochs", "batch_size", "lr"):
+        _positive(getattr(train, key), f"train.{key}")
+    if train.device not in DEVICES:
+        raise ConfigError(f"train.device: {train.device!r} is not one of {', '.join(DEVICES)}")
+    if train.num_workers < 0 or train.warmup_epochs < 0 or train.patience < 0:
+        raise ConfigError("train.num_workers, train.warmup_epochs and train.patience must be >= 0")
+
+    loss = _build(LossConfig, raw.get("loss", {}), "loss.")
+    for f in dataclasses.fields(LossConfig):
+        if getattr(loss, f.name) < 0:
+            raise ConfigError(f"loss.{f.name}: must be >= 0")
+    if not 0 < loss.high_quantile < 1:
+        raise ConfigError("loss.high_quantile: must be between 0 and 1")
+
+    mosaic = _build(MosaicConfig, raw.get("mosaic", {}), "mosaic.")
+    if not 0 <= mosaic.overlap < grid.tile_size:
+        raise ConfigError(f"mosaic.overlap: must be in [0, tile_size={grid.tile_size})")
+    _positive(mosaic.batch_size, "mosaic.batch_size")
+
+    evaluate = _build(EvaluateConfig, raw.get("evaluate", {}), "evaluate.")
+    if not isinstance(evaluate.dasymetric, list | tuple) or not all(
+        isinstance(n, str) for n in evaluate.dasymetric
+    ):
+        raise ConfigError("evaluate.dasymetric: expected a list of aux band names")
+    unknown = [n for n in evaluate.dasymetric if n not in names]
+    if unknown:
+        raise ConfigError(f"evaluate.dasymetric: {unknown[0]!r} is not an aux band name")
+    if evaluate.split not in ("train", "val", "test"):
+        raise ConfigError("evaluate.split: must be train, val or test")
+    evaluate = dataclasses.replace(evaluate, dasymetric=tuple(evaluate.dasymetric))
+
+    config = PipelineConfig(
+        path=path if path is not None else base / DEFAULT_CONFIG_NAME,
+        workdir=workdir,
+        years=years,
+        grid=grid,
+        target=target,
+        aux=aux,
+        coarse=coarse,
+        split=split,
+        model=model,
+        train=train,
+        loss=loss,
+        mosaic=mosaic,
+        evaluate=evaluate,
+        raw=raw,
+    )
+    if check_files:
+        config.check_files()
+    return config
+
+
+def select_years(config: PipelineConfig, year: int | None, years: str | None) -> tuple[int, ...]:
+    """The years a command works on: ``--year``, ``--years`` or all years of the config."""
+    if year is not None and years is not None:
+        raise ConfigError("--year and --years: give one of them, not both")
+    if year is not None:
+        chosen: tuple[int, ...] = (year,)
+    elif years is not None:
+        chosen = parse_years(years, "--years")
+    else:
+        return config.years
+    outside = [y for y in chosen if y not in config.years]
+    if outside:
+        raise ConfigError(
+            f"--years: {outside[0]} is not in the config's years "
+            f"{config.years[0]}-{config.years[-1]}; add it to 'years' in {config.path.name}"
+        )
+    return chosen

@@ -1,0 +1,156 @@
+"""The pipeline file: parsing, path resolution, and one clear error per mistake."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from carbongeo.config import load_config, parse_years, select_years
+from carbongeo.errors import ConfigError
+
+BASE = """
+workdir = "runs/x"
+years = "2014-2016"
+
+[grid]
+tile_size = 64
+scale = 8
+
+[target]
+path = "data/co2_{year}.tif"
+units = "t"
+
+[[aux]]
+name = "ntl"
+path = "data/ntl_{year}.tif"
+kind = "intensive"
+transform = "log1p"
+
+[[aux]]
+name = "water"
+path = "/abs/water.tif"
+kind = "categorical"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "pipe.toml"
+    path.write_text(text)
+    return path
+
+
+def test_valid_config_resolves_paths_and_years(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, BASE))
+    assert config.years == (2014, 2015, 2016)
+    assert config.workdir == tmp_path.resolve() / "runs/x"
+    assert config.target.path_for(2015) == tmp_path.resolve() / "data/co2_2015.tif"
+    assert config.target.kind == "extensive"
+    assert config.aux_names == ["ntl", "water"]
+    assert config.aux[1].is_static and config.aux[1].path_for(2014) == Path("/abs/water.tif")
+    assert config.aux[0].transform == "log1p"
+    assert config.tiles_dir == config.workdir / "tiles"
+    assert config.train.epochs > 0 and config.split.ratios == (0.8, 0.1, 0.1)
+    assert config.dasymetric_bands() == ["ntl"]
+
+
+def test_data_hash_ignores_training_knobs(tmp_path: Path) -> None:
+    a = load_config(write(tmp_path, BASE))
+    b = load_config(write(tmp_path, BASE + "\n[train]\nepochs = 3\n"))
+    c = load_config(write(tmp_path, BASE.replace("scale = 8", "scale = 4")))
+    assert a.data_hash() == b.data_hash() != c.data_hash()
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2014-2016", (2014, 2015, 2016)),
+        ("2020", (2020,)),
+        (2019, (2019,)),
+        ([2016, 2014], (2014, 2016)),
+    ],
+)
+def test_parse_years(value, expected) -> None:
+    assert parse_years(value) == expected
+
+
+@pytest.mark.parametrize("value", ["2016-2014", "twenty", [], True, ["2014"]])
+def test_parse_years_rejects(value) -> None:
+    with pytest.raises(ConfigError, match="years"):
+        parse_years(value)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda t: t + "\nbogus = 1\n", "bogus: unknown key"),
+        (
+            lambda t: t.replace('units = "t"', 'units = "t"\ncolour = 3'),
+            "target.colour: unknown key",
+        ),
+        (lambda t: t.replace("scale = 8", "scale = 5"), "grid.scale: 5 does not divide"),
+        (lambda t: t.replace("scale = 8", 'scale = "8"'), "grid.scale: expected int"),
+        (lambda t: t.replace('kind = "categorical"', 'kind = "fuzzy"'), "aux\\[1\\].kind: 'fuzzy'"),
+        (lambda t: t.replace('transform = "log1p"', 'transform = "sqrt"'), "aux\\[0\\].transform"),
+        (lambda t: "aux = []\n" + t.split("[[aux]]")[0], "aux: the aux list is empty"),
+        (lambda t: t.replace('name = "water"', 'name = "ntl"'), "used twice"),
+        (lambda t: t.replace('name = "water"\n', ""), "aux\\[1\\].name: missing"),
+        (lambda t: t.replace('years = "2014-2016"', 'years = "soon"'), "years: 'soon'"),
+        (
+            lambda t: t.replace('workdir = "runs/x"\n', "").replace('years = "2014-2016"\n', ""),
+            "years: missing",
+        ),
+        (lambda t: t + "\n[train]\nepochs = 0\n", "train.epochs: must be > 0"),
+        (lambda t: t + '\n[train]\ndevice = "tpu"\n', "train.device"),
+        (lambda t: t + '\n[model]\nfft_filter = "box"\n', "model.fft_filter"),
+        (lambda t: t + "\n[split]\nratios = [1, 2]\n", "split.ratios"),
+        (lambda t: t + "\n[split]\nholdout_year = 2030\n", "split.holdout_year"),
+        (lambda t: t + "\n[mosaic]\noverlap = 64\n", "mosaic.overlap"),
+        (lambda t: t + "\n[grid2]\n", "grid2: unknown key"),
+        (lambda t: t.replace("[grid]", '[grid]\ncrs = "EPSG:4326"'), "grid: give crs, resolution"),
+        (lambda t: t + '\n[evaluate]\ndasymetric = ["pop"]\n', "evaluate.dasymetric: 'pop'"),
+        (
+            lambda t: t.replace('kind = "intensive"', 'kind = "intensive"\nband = 0'),
+            "aux\\[0\\].band",
+        ),
+        (lambda t: t.replace('units = "t"', 'units = "t"\nkind = "intensive"'), "target.kind"),
+        (lambda t: t + "\n[loss]\nhigh_quantile = 1.5\n", "loss.high_quantile"),
+    ],
+)
+def test_each_mistake_is_one_line_naming_the_key(tmp_path: Path, edit, message) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(write(tmp_path, edit(BASE)))
+    assert "\n" not in str(info.value)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_invalid_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path, "years = [\n"))
+
+
+def test_missing_file_for_a_year_names_key_and_year(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    for year in (2014, 2016):
+        (tmp_path / f"data/co2_{year}.tif").write_bytes(b"")
+        (tmp_path / f"data/ntl_{year}.tif").write_bytes(b"")
+    text = BASE.replace('"/abs/water.tif"', '"data/co2_2014.tif"')
+    config = load_config(write(tmp_path, text))
+    config.check_files([2014, 2016])
+    with pytest.raises(ConfigError, match="target.path: file for year 2015 not found"):
+        load_config(write(tmp_path, text), check_files=True)
+
+
+def test_select_years(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, BASE))
+    assert select_years(config, None, None) == (2014, 2015, 2016)
+    assert select_years(config, 2015, None) == (2015,)
+    assert select_years(config, None, "2015-2016") == (2015, 2016)
+    with pytest.raises(ConfigError, match="2019 is not in the config"):
+        select_years(config, 2019, None)
+    with pytest.raises(ConfigError, match="not both"):
+        select_years(config, 2015, "2015-2016")
