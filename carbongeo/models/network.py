@@ -1,0 +1,245 @@
+"""DSTCarbonFormer: dual-stream downscaling network with hard physical constraints.
+
+The network maps fine auxiliary rasters ``aux [B, C_aux, T, H, W]`` and coarse emissions
+``coarse [B, 1, T, H/s, W/s]`` (tonnes per coarse cell) to fine emissions ``[B, 1, H, W]`` of the
+centre year (tonnes per fine pixel)::
+
+    coarse --log1p(density / value_scale)--> temporal encoder (coarse grid, attention over T)
+           --nearest x s--> + fine stem(log1p of nearest and bicubic upsamplings)      main stream
+    aux ----fold T into channels--> progressive stem + multi-scale dilated block       aux stream
+    main = SFT(main, aux) -> residual blocks -> 2-level encoder-decoder (1/2, 1/4 resolution)
+         -> SFT(main, multi-scale(aux)) -> residual blocks -> global context -> head: log-ratio r
+    pred = nearest_density * exp(r)          (no tanh-style cap near the cell mean)
+    pred = FFT low-pass replacement by the bicubic mass-preserving upsampling   (optional)
+    pred = max(pred, 0) -> exact block-sum conservation to the coarse cell      (optional)
+
+Internally the network works in the normalised space ``log1p(x / value_scale)`` where
+``value_scale`` is a typical fine-pixel emission, so the same weights serve inputs of any
+magnitude; the output is in physical units. With the mass constraint on, ``pred`` within a coarse
+cell is ``coarse * softmax(r)`` over the cell's pixels (up to the FFT step), i.e. the softmax
+constraint of Harder et al. (2023). ``r`` is softly bounded to ``+-20`` (a factor ``e**20`` from
+the cell mean, far beyond the physical maximum ``s**2``) so that realistic inputs cannot overflow
+float32.
+
+The model compiles with ``torch.compile`` as a single graph, constraint tail included, and can be
+trained compiled. Inductor does not generate code for complex tensors, so the FFTs of the
+frequency constraint run as regular (eager) kernels inside the graph and it warns about it. On
+CPU the first call per input shape takes tens of seconds.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from carbongeo.models.blocks import (
+    AuxStem,
+    GlobalContextBlock,
+    MultiScaleBlock,
+    ResBlock,
+    SFTLayer,
+    TemporalEncoder,
+    conv1x1,
+    conv3x3,
+)
+from carbongeo.models.constraints import (
+    FILTERS,
+    FFTHardConstraint,
+    FilterName,
+    MassConstraint,
+    bicubic_mass_upsample,
+    upsample_blocks,
+)
+
+LOG_RATIO_LIMIT = 20.0
+"""Soft bound on the predicted log-ratio between a fine pixel and its cell's mean density."""
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters of ``model``."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _stage(channels: int, depth: int) -> nn.Sequential:
+    return nn.Sequential(*[ResBlock(channels) for _ in range(depth)])
+
+
+class DSTCarbonFormer(nn.Module):
+    """Dual-stream spatio-temporal downscaling network for carbon emissions.
+
+    Args:
+        aux_channels: Number of auxiliary bands ``C_aux``.
+        scale: Fine pixels per coarse cell side ``s``; ``H`` and ``W`` must be multiples of it.
+        dim: Feature width at full resolution (a multiple of 4); the encoder-decoder uses
+            ``2 * dim`` and ``4 * dim`` at half and quarter resolution.
+        depth: Residual blocks per stage (after each SFT and at each encoder level).
+        temporal: Years per sample ``T`` (odd); the output is the centre year ``T // 2``.
+        fft_constraint: Replace the low frequencies of the prediction by those of the
+            upsampled coarse field.
+        fft_filter: Low-pass mask of the FFT constraint: ``ideal``, ``butterworth`` or
+            ``gaussian``.
+        mass_constraint: Make every ``s x s`` block sum exactly to its coarse cell.
+        value_scale: A typical fine-pixel emission in physical units (e.g. the training mean of
+            positive target pixels); sets the normalised space ``log1p(x / value_scale)``.
+
+    Attributes:
+        config: The constructor arguments; ``DSTCarbonFormer(**model.config)`` rebuilds the model.
+    """
+
+    def __init__(
+        self,
+        aux_channels: int,
+        scale: int,
+        *,
+        dim: int = 32,
+        depth: int = 2,
+        temporal: int = 3,
+        fft_constraint: bool = True,
+        fft_filter: str = "ideal",
+        mass_constraint: bool = True,
+        value_scale: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if aux_channels < 1:
+            raise ValueError(f"aux_channels must be >= 1, got {aux_channels}")
+        if scale < 1:
+            raise ValueError(f"scale must be >= 1, got {scale}")
+        if dim < 4 or dim % 4:
+            raise ValueError(f"dim must be a positive multiple of 4, got {dim}")
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        if temporal < 1 or temporal % 2 == 0:
+            raise ValueError(f"temporal must be a positive odd number, got {temporal}")
+        if fft_filter not in FILTERS:
+            raise ValueError(f"fft_filter must be one of {', '.join(FILTERS)}, got {fft_filter!r}")
+        if not value_scale > 0:
+            raise ValueError(f"value_scale must be positive, got {value_scale}")
+        self.config: dict[str, Any] = {
+            "aux_channels": aux_channels,
+            "scale": scale,
+            "dim": dim,
+            "depth": depth,
+            "temporal": temporal,
+            "fft_constraint": fft_constraint,
+            "fft_filter": fft_filter,
+            "mass_constraint": mass_constraint,
+            "value_scale": float(value_scale),
+        }
+        self.aux_channels = aux_channels
+        self.scale = scale
+        self.temporal = temporal
+        self.value_scale = float(value_scale)
+
+        self.aux_stream = AuxStem(aux_channels * temporal, dim)
+        self.aux_refine = MultiScaleBlock(dim)
+        self.temporal_encoder = TemporalEncoder(dim, temporal)
+        self.fine_stem = conv3x3(2, dim)
+
+        self.sft1 = SFTLayer(dim)
+        self.stage0 = _stage(dim, depth)
+        self.down1 = conv3x3(dim, 2 * dim, stride=2)
+        self.stage1 = _stage(2 * dim, depth)
+        self.down2 = conv3x3(2 * dim, 4 * dim, stride=2)
+        self.stage2 = _stage(4 * dim, depth)
+        self.up2 = conv1x1(4 * dim, 2 * dim)
+        self.up1 = conv1x1(2 * dim, dim)
+        self.sft2 = SFTLayer(dim)
+        self.stage3 = _stage(dim, depth)
+        self.context = GlobalContextBlock(dim)
+        self.head = nn.Sequential(conv3x3(dim, dim), nn.GELU(), conv3x3(dim, 1))
+        # Start close to the upsampled coarse field, but not exactly at it, so that every
+        # parameter receives a gradient from the first step.
+        last = self.head[-1]
+        assert isinstance(last, nn.Conv2d)
+        with torch.no_grad():
+            last.weight.mul_(0.1)
+            if last.bias is not None:
+                last.bias.zero_()
+
+        filter_name = cast(FilterName, fft_filter)
+        self.fft = FFTHardConstraint(scale, filter_name) if fft_constraint else None
+        self.mass = MassConstraint(scale) if mass_constraint else None
+
+    def _check_inputs(self, aux: Tensor, coarse: Tensor) -> None:
+        if aux.dim() != 5 or coarse.dim() != 5:
+            raise ValueError(
+                "expected aux [B, C_aux, T, H, W] and coarse [B, 1, T, H/s, W/s], got "
+                f"{tuple(aux.shape)} and {tuple(coarse.shape)}"
+            )
+        batch, channels, years, height, width = aux.shape
+        if channels != self.aux_channels:
+            raise ValueError(f"expected {self.aux_channels} aux channels, got {channels}")
+        if years != self.temporal:
+            raise ValueError(f"expected T={self.temporal} years, got {years}")
+        if height % self.scale or width % self.scale:
+            raise ValueError(f"tile {height}x{width} is not a multiple of scale {self.scale}")
+        expected = (batch, 1, years, height // self.scale, width // self.scale)
+        if tuple(coarse.shape) != expected:
+            raise ValueError(f"expected coarse of shape {expected}, got {tuple(coarse.shape)}")
+
+    def forward(self, aux: Tensor, coarse: Tensor) -> Tensor:
+        """Downscale the centre year.
+
+        Args:
+            aux: Auxiliary rasters ``[B, C_aux, T, H, W]``, normalised per band. Non-finite values
+                are read as 0.
+            coarse: Coarse emissions ``[B, 1, T, H/s, W/s]`` in physical units (tonnes per coarse
+                cell), nodata replaced by 0 by the caller. Negative or non-finite values are read
+                as 0.
+
+        Returns:
+            Fine emissions ``[B, 1, H, W]`` of year ``T // 2`` in physical units (tonnes per fine
+            pixel), float32, finite and non-negative. With the mass constraint on, every
+            ``s x s`` block sums to its coarse cell (relative error < 1e-4) and zero cells give
+            zeros.
+
+        Raises:
+            ValueError: If the shapes do not match the configuration.
+        """
+        self._check_inputs(aux, coarse)
+        s = self.scale
+        centre = self.temporal // 2
+        with torch.autocast(device_type=coarse.device.type, enabled=False):
+            aux = torch.nan_to_num(aux.float(), nan=0.0, posinf=0.0, neginf=0.0)
+            coarse = torch.nan_to_num(coarse.float(), nan=0.0, posinf=0.0, neginf=0.0)
+            coarse = coarse.clamp_min(0.0)
+            log_density = torch.log1p(coarse / (s * s * self.value_scale))
+            centre_coarse = coarse[:, :, centre]
+            base = upsample_blocks(centre_coarse / (s * s), s)
+            reference = bicubic_mass_upsample(centre_coarse, s)
+            fine_input = torch.log1p(torch.cat([base, reference], dim=1) / self.value_scale)
+
+        main = upsample_blocks(self.temporal_encoder(log_density), s) + self.fine_stem(fine_input)
+        aux_features = self.aux_stream(aux)
+
+        full = self.stage0(self.sft1(main, aux_features))
+        half = self.stage1(self.down1(full))
+        quarter = self.stage2(self.down2(half))
+        half = half + F.interpolate(
+            self.up2(quarter), size=half.shape[-2:], mode="bilinear", align_corners=False
+        )
+        full = full + F.interpolate(
+            self.up1(half), size=full.shape[-2:], mode="bilinear", align_corners=False
+        )
+        full = self.stage3(self.sft2(full, self.aux_refine(aux_features)))
+        log_ratio = self.head(self.context(full))
+        return self._constrain(log_ratio, base, reference, centre_coarse)
+
+    def _constrain(
+        self, log_ratio: Tensor, base: Tensor, reference: Tensor, coarse: Tensor
+    ) -> Tensor:
+        with torch.autocast(device_type=log_ratio.device.type, enabled=False):
+            log_ratio = LOG_RATIO_LIMIT * torch.tanh(log_ratio.float() / LOG_RATIO_LIMIT)
+            pred = base * torch.exp(log_ratio)
+            if self.fft is not None:
+                pred = self.fft(pred, reference)
+            pred = pred.clamp_min(0.0)
+            if self.mass is not None:
+                pred = self.mass(pred, coarse)
+        return pred
+
+
+__all__ = ["LOG_RATIO_LIMIT", "DSTCarbonFormer", "count_parameters"]

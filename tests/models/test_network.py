@@ -1,0 +1,239 @@
+"""Tests of DSTCarbonFormer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from carbongeo.losses import HybridLoss
+from carbongeo.models import DSTCarbonFormer, block_sum, count_parameters
+
+TINY = {"dim": 8, "depth": 1}
+
+
+def make_inputs(
+    batch: int, channels: int, years: int, height: int, width: int, scale: int, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    aux = torch.randn(batch, channels, years, height, width, generator=generator)
+    coarse = torch.rand(batch, 1, years, height // scale, width // scale, generator=generator)
+    coarse = coarse * 1000.0 * scale * scale
+    return aux, coarse
+
+
+def relative_block_error(out: torch.Tensor, coarse: torch.Tensor, scale: int) -> float:
+    error = (block_sum(out.detach(), scale) - coarse).abs()
+    return float((error / coarse.abs().clamp_min(1e-12)).max())
+
+
+@pytest.mark.parametrize(("height", "width"), [(32, 48), (64, 64), (128, 128)])
+@pytest.mark.parametrize("scale", [2, 4, 8, 16])
+@pytest.mark.parametrize(("years", "channels"), [(1, 1), (3, 9)])
+def test_output_shape_and_constraints(
+    height: int, width: int, scale: int, years: int, channels: int
+) -> None:
+    torch.manual_seed(0)
+    model = DSTCarbonFormer(channels, scale, temporal=years, value_scale=100.0, **TINY)
+    aux, coarse = make_inputs(2, channels, years, height, width, scale)
+    with torch.no_grad():
+        out = model(aux, coarse)
+    assert out.shape == (2, 1, height, width)
+    assert out.dtype == torch.float32
+    assert bool(torch.isfinite(out).all())
+    assert bool((out >= 0).all())
+    assert relative_block_error(out, coarse[:, :, years // 2], scale) < 1e-4
+
+
+@pytest.mark.parametrize(("fft", "mass"), [(True, True), (True, False), (False, True)])
+def test_adversarial_head_stays_finite_and_conservative(fft: bool, mass: bool) -> None:
+    torch.manual_seed(1)
+    model = DSTCarbonFormer(3, 4, fft_constraint=fft, mass_constraint=mass, **TINY)
+    last = model.head[-1]
+    assert isinstance(last, nn.Conv2d)
+    with torch.no_grad():
+        last.weight.normal_(0.0, 1e6)
+        assert last.bias is not None
+        last.bias.fill_(1e6)
+    aux, coarse = make_inputs(2, 3, 3, 32, 32, 4, seed=1)
+    coarse = coarse * 1e6
+    out = model(aux, coarse)
+    assert bool(torch.isfinite(out).all())
+    assert bool((out >= 0).all())
+    if mass:
+        assert relative_block_error(out, coarse[:, :, 1], 4) < 1e-4
+    out.sum().backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None, name
+        assert bool(torch.isfinite(parameter.grad).all()), name
+
+
+def test_zero_coarse_cells_give_zero_pixels() -> None:
+    torch.manual_seed(2)
+    model = DSTCarbonFormer(2, 8, **TINY)
+    aux, coarse = make_inputs(1, 2, 3, 32, 32, 8, seed=2)
+    coarse[:, :, 1, 0, 0] = 0.0
+    coarse[:, :, 1, 2, 3] = 0.0
+    with torch.no_grad():
+        out = model(aux, coarse)
+    assert bool((out[..., 0:8, 0:8] == 0).all())
+    assert bool((out[..., 16:24, 24:32] == 0).all())
+    assert float(out[..., 8:16, 8:16].min()) > 0
+    assert relative_block_error(out, coarse[:, :, 1], 8) < 1e-4
+
+
+def test_all_zero_coarse_gives_all_zero_output() -> None:
+    model = DSTCarbonFormer(2, 4, **TINY)
+    aux, coarse = make_inputs(1, 2, 3, 16, 16, 4)
+    with torch.no_grad():
+        out = model(aux, torch.zeros_like(coarse))
+    assert bool((out == 0).all())
+
+
+def test_non_finite_inputs_do_not_produce_nan() -> None:
+    model = DSTCarbonFormer(2, 4, **TINY)
+    aux, coarse = make_inputs(1, 2, 3, 16, 16, 4)
+    aux[0, 0, 0, :4] = float("nan")
+    aux[0, 1, 2, 5] = float("inf")
+    coarse[0, 0, 0, 0, 0] = float("nan")
+    coarse[0, 0, 1, 1, 1] = float("inf")
+    coarse[0, 0, 1, 2, 2] = -5.0
+    with torch.no_grad():
+        out = model(aux, coarse)
+    assert bool(torch.isfinite(out).all())
+    assert bool((out[..., 4:8, 4:8] == 0).all())
+    assert bool((out[..., 8:12, 8:12] == 0).all())
+
+
+def test_output_is_equivariant_to_the_physical_unit() -> None:
+    # The network sees log1p(density / value_scale): scaling the data and value_scale together
+    # scales the output.
+    torch.manual_seed(3)
+    model = DSTCarbonFormer(2, 4, value_scale=10.0, **TINY)
+    rescaled = DSTCarbonFormer(**{**model.config, "value_scale": 10.0 * 1e3})
+    rescaled.load_state_dict(model.state_dict())
+    aux, coarse = make_inputs(2, 2, 3, 32, 32, 4)
+    with torch.no_grad():
+        out = model(aux, coarse)
+        out_rescaled = rescaled(aux, coarse * 1e3)
+    torch.testing.assert_close(out_rescaled, out * 1e3, rtol=1e-3, atol=1e-3)
+
+
+def test_output_depends_on_aux_and_on_neighbouring_years() -> None:
+    torch.manual_seed(4)
+    model = DSTCarbonFormer(2, 4, **TINY)
+    aux, coarse = make_inputs(1, 2, 3, 32, 32, 4)
+    with torch.no_grad():
+        out = model(aux, coarse)
+        other_aux = model(aux + torch.randn_like(aux), coarse)
+        changed = coarse.clone()
+        changed[:, :, 0] *= 3.0
+        other_year = model(aux, changed)
+    assert not torch.allclose(out, other_aux)
+    assert not torch.allclose(out, other_year)
+
+
+@pytest.mark.parametrize("years", [1, 3])
+def test_gradients_reach_every_parameter(years: int) -> None:
+    torch.manual_seed(5)
+    scale = 4
+    model = DSTCarbonFormer(3, scale, temporal=years, value_scale=50.0, **TINY)
+    aux, coarse = make_inputs(2, 3, years, 32, 32, scale)
+    target = torch.rand(2, 1, 32, 32) * 100.0 * (torch.rand(2, 1, 32, 32) > 0.5)
+    mask = torch.ones(2, 1, 32, 32, dtype=torch.bool)
+    mask[0, 0, :8] = False
+    loss = HybridLoss(scale, value_scale=50.0, high_threshold=80.0)
+    total, _ = loss(model(aux, coarse), target, coarse[:, :, years // 2], mask)
+    total.backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None, name
+        assert bool(torch.isfinite(parameter.grad).all()), name
+        assert float(parameter.grad.abs().sum()) > 0, name
+
+
+def test_forward_under_cpu_autocast_keeps_constraints_exact() -> None:
+    torch.manual_seed(6)
+    model = DSTCarbonFormer(2, 8, **TINY)
+    aux, coarse = make_inputs(2, 2, 3, 32, 32, 8)
+    with torch.no_grad(), torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        out = model(aux, coarse)
+    assert out.dtype == torch.float32
+    assert bool(torch.isfinite(out).all())
+    assert relative_block_error(out, coarse[:, :, 1], 8) < 1e-4
+
+
+def test_config_rebuilds_an_identical_model() -> None:
+    torch.manual_seed(7)
+    model = DSTCarbonFormer(
+        4, 8, dim=8, depth=1, temporal=1, fft_filter="butterworth", value_scale=3.5
+    )
+    clone = DSTCarbonFormer(**model.config)
+    clone.load_state_dict(model.state_dict())
+    assert clone.config == model.config
+    aux, coarse = make_inputs(1, 4, 1, 32, 32, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(clone(aux, coarse), model(aux, coarse))
+
+
+def test_parameter_counts() -> None:
+    tiny = count_parameters(DSTCarbonFormer(9, 8, dim=8, depth=1))
+    full = count_parameters(DSTCarbonFormer(9, 8, dim=48, depth=2))
+    assert tiny < 100_000
+    assert 1_000_000 <= full <= 3_000_000
+
+
+def test_constraints_can_be_switched_off() -> None:
+    torch.manual_seed(8)
+    model = DSTCarbonFormer(2, 4, fft_constraint=False, mass_constraint=False, **TINY)
+    assert model.fft is None
+    assert model.mass is None
+    aux, coarse = make_inputs(1, 2, 3, 16, 16, 4)
+    coarse[:, :, 1, 0, 0] = 0.0
+    with torch.no_grad():
+        out = model(aux, coarse)
+    assert bool((out >= 0).all())
+    # Without constraints the output is the nearest density times exp(log-ratio): zero cells stay 0.
+    assert bool((out[..., :4, :4] == 0).all())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"dim": 6}, "multiple of 4"),
+        ({"depth": 0}, "depth"),
+        ({"temporal": 2}, "odd"),
+        ({"fft_filter": "box"}, "fft_filter"),
+        ({"value_scale": 0.0}, "value_scale"),
+    ],
+)
+def test_invalid_configuration_is_rejected(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        DSTCarbonFormer(2, 4, **kwargs)  # type: ignore[arg-type]
+
+
+def test_mismatched_inputs_are_rejected() -> None:
+    model = DSTCarbonFormer(2, 4, **TINY)
+    aux, coarse = make_inputs(1, 2, 3, 16, 16, 4)
+    with pytest.raises(ValueError, match="aux channels"):
+        model(aux[:, :1], coarse)
+    with pytest.raises(ValueError, match="T=3"):
+        model(aux[:, :, :1], coarse[:, :, :1])
+    with pytest.raises(ValueError, match="coarse of shape"):
+        model(aux, coarse[..., :2, :])
+    with pytest.raises(ValueError, match="not a multiple of scale"):
+        model(torch.randn(1, 2, 3, 18, 16), coarse)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Torchinductor does not support code generation for complex")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:torch.*")
+def test_tiny_model_compiles() -> None:
+    torch.manual_seed(9)
+    model = DSTCarbonFormer(3, 4, **TINY).eval()
+    aux, coarse = make_inputs(2, 3, 3, 32, 32, 4)
+    compiled = torch.compile(model)
+    with torch.no_grad():
+        expected = model(aux, coarse)
+        out = compiled(aux, coarse)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-3)
+    assert relative_block_error(out, coarse[:, :, 1], 4) < 1e-4
