@@ -51,6 +51,7 @@ from carbongeo.models.constraints import (
     FilterName,
     MassConstraint,
     bicubic_mass_upsample,
+    mass_conserve,
     upsample_blocks,
 )
 
@@ -235,6 +236,11 @@ class DSTCarbonFormer(nn.Module):
             log_ratio = LOG_RATIO_LIMIT * torch.tanh(log_ratio.float() / LOG_RATIO_LIMIT)
             pred = base * torch.exp(log_ratio)
             if self.fft is not None:
+                # Allocate each cell's mass by the log-ratio first: a shift of the log-ratio
+                # within a block then changes nothing, so training cannot drift towards the
+                # degenerate "smooth reference only" output where the tanh bound saturates and
+                # gradients vanish (seen with the FFT step applied to the raw prediction).
+                pred = mass_conserve(pred, coarse, self.scale)
                 pred = self.fft(pred, reference)
             pred = pred.clamp_min(0.0)
             if self.mass is not None:
