@@ -1,0 +1,266 @@
+"""Atomic file writes: write to a temporary name in the same folder, then rename.
+
+A reader never sees a half-written output: every file is written under a hidden temporary name
+next to its final path (``.<stem>.tmp-<pid><suffix>``, e.g. ``.X_2014.tmp-4242.npy``) and moved
+into place with :func:`os.replace`, which is atomic on POSIX and Windows when both names are on
+the same file system. On error the temporary file is removed. :class:`AtomicGroup` commits several
+files together (e.g. the cubes of one tiling run), so a failure leaves none of them behind.
+
+Every ``OSError`` raised while writing becomes an :class:`~carbongeo.errors.OutputError` naming the
+file, so the CLI prints one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from carbongeo.errors import OutputError
+
+_TEMP_NAME = re.compile(r"^\..+\.tmp-(\d+)(\.[^.]+)?$")
+
+
+def temp_path(path: str | Path) -> Path:
+    """The temporary name used while ``path`` is being written: ``.<stem>.tmp-<pid><suffix>``.
+
+    The suffix is kept so that writers which choose a format (or append an extension) from the
+    name, such as :func:`numpy.save` or GDAL, treat the temporary file like the final one.
+    """
+    path = Path(path)
+    return path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+
+
+def output_error(path: str | Path, err: OSError) -> OutputError:
+    """An :class:`OutputError` with one line that names ``path`` and the cause."""
+    reason = err.strerror or str(err)
+    return OutputError(
+        f"cannot write {path}: {reason} (check that the folder is writable and has free space)"
+    )
+
+
+def fsync_file(path: str | Path) -> None:
+    """Flush a file's content to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename itself durable; not possible on every platform (e.g. Windows).
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_quietly(path: str | Path) -> None:
+    """Delete a file if it exists; never raises."""
+    with contextlib.suppress(OSError):
+        Path(path).unlink(missing_ok=True)
+
+
+def commit(tmp: str | Path, path: str | Path, *, fsync: bool = True) -> None:
+    """Move a finished temporary file onto its final name.
+
+    Args:
+        tmp: The temporary file (same folder as ``path``).
+        path: The final name; an existing file is replaced atomically.
+        fsync: Flush the content to disk before the rename, so a crash cannot leave a truncated
+            file under the final name.
+
+    Raises:
+        OutputError: The file cannot be flushed or renamed.
+    """
+    try:
+        if fsync:
+            fsync_file(tmp)
+        os.replace(tmp, path)
+    except OSError as err:
+        remove_quietly(tmp)
+        raise output_error(path, err) from err
+    if fsync:
+        _fsync_dir(Path(path).parent)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, *, fsync: bool = True) -> Iterator[Path]:
+    """Context manager yielding a temporary path that becomes ``path`` on success.
+
+    Example::
+
+        with atomic_path(out) as tmp:
+            np.save(tmp, array)
+
+    On an exception inside the block the temporary file is deleted and ``path`` is untouched.
+    """
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        yield tmp
+    except BaseException:
+        remove_quietly(tmp)
+        raise
+    commit(tmp, path, fsync=fsync)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes, *, fsync: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically.
+
+    Raises:
+        OutputError: The file cannot be written.
+    """
+    with atomic_path(path, fsync=fsync) as tmp:
+        try:
+            tmp.write_bytes(data)
+        except OSError as err:
+            raise output_error(path, err) from err
+
+
+def write_text_atomic(path: str | Path, text: str, *, fsync: bool = True) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
+    write_bytes_atomic(path, text.encode("utf-8"), fsync=fsync)
+
+
+def write_json_atomic(path: str | Path, obj: Any, *, indent: int | None = 2) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically (with a trailing newline)."""
+    write_text_atomic(path, json.dumps(obj, indent=indent) + "\n")
+
+
+class AtomicGroup:
+    """Several files written under temporary names and committed together.
+
+    Use as a context manager: the files are committed, in the order they were added, when the
+    block exits normally, and every temporary file is deleted when it raises::
+
+        with AtomicGroup() as group:
+            tmp_x = group.add(x_path)
+            tmp_y = group.add(y_path)
+            ...  # write tmp_x, tmp_y
+
+    Commit early with :meth:`commit` (e.g. before writing an index that must come last).
+    """
+
+    def __init__(self, *, fsync: bool = True) -> None:
+        self._pairs: list[tuple[Path, Path]] = []
+        self._fsync = fsync
+        self._done = False
+
+    def add(self, path: str | Path) -> Path:
+        """Register a final path; returns the temporary path to write instead."""
+        path = Path(path)
+        tmp = temp_path(path)
+        self._pairs.append((tmp, path))
+        return tmp
+
+    @property
+    def temporaries(self) -> list[Path]:
+        """The temporary paths registered so far."""
+        return [tmp for tmp, _ in self._pairs]
+
+    def commit(self) -> None:
+        """Rename every temporary file onto its final name (no-op when already done).
+
+        Raises:
+            OutputError: A file cannot be renamed; the temporaries not yet renamed are deleted.
+        """
+        if self._done:
+            return
+        try:
+            for tmp, path in self._pairs:
+                commit(tmp, path, fsync=self._fsync)
+        except BaseException:
+            self.discard()
+            raise
+        self._done = True
+
+    def discard(self) -> None:
+        """Delete every temporary file that has not been committed."""
+        for tmp, _ in self._pairs:
+            remove_quietly(tmp)
+        self._done = True
+
+    def __enter__(self) -> AtomicGroup:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists but belongs to someone else, or we cannot tell: keep its files
+    return True
+
+
+def remove_stale_temps(folder: str | Path) -> list[Path]:
+    """Delete temporary files left in ``folder`` by writers that are no longer running.
+
+    A file counts as stale when its name has the form given by :func:`temp_path`
+    and no process with that id runs on this machine.
+
+    Returns:
+        The files removed.
+    """
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        match = _TEMP_NAME.match(entry.name)
+        if match and entry.is_file() and not _pid_alive(int(match.group(1))):
+            remove_quietly(entry)
+            removed.append(entry)
+    return removed
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` (created if missing) for the block.
+
+    Serialises read-modify-write updates of a shared file (such as ``tiles/index.json``) between
+    processes. Where ``fcntl`` is unavailable (Windows) the lock is a no-op.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise output_error(path, err) from err
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

@@ -1,0 +1,957 @@
+"""``carbongeo tile``: align every source onto the grid and cut georeferenced year cubes.
+
+For each year the stage writes, under ``<workdir>/tiles``:
+
+* ``X_<year>.npy``: float32 ``[N, C_aux, ts, ts]``, the aux bands aligned to the grid, after their
+  ``transform`` (e.g. ``log1p``), not normalised; NaN is nodata;
+* ``Y_<year>.npy``: float32 ``[N, 1, ts, ts]``, the target aligned to the grid, physical units;
+* ``C_<year>.npy`` (only with a ``[coarse]`` product): float32 ``[N, 1, ts/s, ts/s]``, the coarse
+  product on the coarse grid (cells of ``scale x scale`` fine pixels), totals preserved;
+* ``index.json``: the grid, the years, band names, units, each tile's offset and valid fraction,
+  and the totals before and after alignment (format in :class:`TileIndex`).
+
+Tile ``i`` covers ``grid.tiles()[i].window`` of the padded grid; pixels past the scene are NaN. The
+cubes are ``.npy`` files that :func:`numpy.load` memory-maps (``mmap_mode="r"``).
+
+The grid is processed in square blocks of tiles. Each block is one dask task that reads only the
+source windows it needs and writes its own tiles into the cubes, so memory stays bounded whatever
+the scene size, and blocks run in parallel (threads by default, or processes of a
+``dask.distributed`` cluster: each task opens the cube files itself). Every cube is written under a
+temporary name and renamed when all blocks are done; ``index.json`` is written last. All sources of
+all requested years are validated before anything is written, so a bad input leaves no partial
+output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import dask
+import numpy as np
+import rasterio
+from dask.callbacks import Callback
+from rasterio.crs import CRS
+from rasterio.env import get_gdal_config, set_gdal_config
+from rasterio.errors import CRSError
+from tqdm import tqdm
+
+from carbongeo.config import PipelineConfig, SourceConfig
+from carbongeo.errors import ConfigError, GridError, InputDataError, OutputError
+from carbongeo.grid import Grid, Tile, Window
+from carbongeo.io.atomic import (
+    AtomicGroup,
+    file_lock,
+    output_error,
+    remove_stale_temps,
+    write_json_atomic,
+)
+from carbongeo.io.sources import (
+    Bounds,
+    RasterSource,
+    SourceInfo,
+    align_window,
+    describe_source,
+    source_total,
+    validate_source,
+)
+
+log = logging.getLogger(__name__)
+
+INDEX_VERSION = 1
+INDEX_NAME = "index.json"
+CubeKind = Literal["X", "Y", "C"]
+# Default block side in pixels: about 4 MB per band of float32, a good balance between GDAL call
+# overhead and memory per parallel task.
+_BLOCK_PIXELS = 1024
+_LOCK_NAME = ".index.lock"
+# GDAL's block cache defaults to 5% of RAM and would grow with the scene; blocks are read about
+# once, so a small cache loses nothing and keeps memory flat (MB).
+_GDAL_CACHE_MB = 128
+
+
+def cube_path(tiles_dir: str | Path, kind: CubeKind, year: int) -> Path:
+    """Path of a year cube: ``X_<year>.npy`` (aux), ``Y_<year>.npy`` (target), ``C_<year>.npy``."""
+    if kind not in ("X", "Y", "C"):
+        raise ValueError(f"cube kind must be X, Y or C, got {kind!r}")
+    return Path(tiles_dir) / f"{kind}_{year}.npy"
+
+
+def index_path(tiles_dir: str | Path) -> Path:
+    """Path of ``index.json`` in a tiles folder."""
+    return Path(tiles_dir) / INDEX_NAME
+
+
+# --------------------------------------------------------------------------- the index
+@dataclass
+class TileRecord:
+    """One tile of the index: its id, pixel offset on the padded grid and valid fractions.
+
+    Attributes:
+        id: Tile id (row-major), the index along the cubes' first axis.
+        row: Row of the tile's upper-left pixel on the grid.
+        col: Column of the tile's upper-left pixel on the grid.
+        valid_fraction: Per year, the fraction of the tile's ``ts x ts`` pixels where the target is
+            valid (padding counts as invalid).
+    """
+
+    id: int
+    row: int
+    col: int
+    valid_fraction: dict[int, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form: year keys become strings."""
+        return {
+            "id": self.id,
+            "row": self.row,
+            "col": self.col,
+            "valid_fraction": {str(y): f for y, f in sorted(self.valid_fraction.items())},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TileRecord:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            id=int(data["id"]),
+            row=int(data["row"]),
+            col=int(data["col"]),
+            valid_fraction={int(y): float(f) for y, f in data.get("valid_fraction", {}).items()},
+        )
+
+
+@dataclass
+class TileIndex:
+    """The content of ``tiles/index.json``.
+
+    JSON layout (``version`` 1)::
+
+        {"version": 1,
+         "grid": Grid.to_dict(),                    # CRS as WKT, transform, shape, tile_size, scale
+         "years": [2014, 2015],                     # every year with cubes on disk
+         "bands": ["ntl", "pop"],                   # aux channel order of X_<year>.npy
+         "aux": [{"name", "kind", "transform", "units"}, ...],
+         "target": {"units", "kind"},
+         "has_coarse": false,                       # C_<year>.npy written
+         "nodata": "NaN",
+         "tiles": [{"id", "row", "col", "valid_fraction": {"2014": 0.93, ...}}, ...],
+         "totals": {"2014": {"target_source", "target_aligned", "coarse_source",
+                             "coarse_aligned"}},    # coarse_* are null without [coarse]
+         "config_hash": "..."}
+
+    ``target_source`` sums the target file's valid pixels whose centres fall in the scene;
+    ``target_aligned`` sums ``Y_<year>.npy``. For a source inside the grid they agree to float
+    precision (about 1e-9 relative); for one that extends past the grid they differ by the mass of
+    the pixels cut by the scene edge (counted whole or not at all vs split by area). ``coarse_*``
+    are the same for the coarse product over the coarse cells that touch the scene.
+    """
+
+    grid: Grid
+    years: list[int]
+    bands: list[str]
+    aux: list[dict[str, str]]
+    target: dict[str, str]
+    has_coarse: bool
+    tiles: list[TileRecord]
+    totals: dict[int, dict[str, float | None]] = field(default_factory=dict)
+    config_hash: str = ""
+    nodata: str = "NaN"
+    version: int = INDEX_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-serialisable form written to ``index.json``."""
+        return {
+            "version": self.version,
+            "grid": self.grid.to_dict(),
+            "years": sorted(self.years),
+            "bands": list(self.bands),
+            "aux": [dict(a) for a in self.aux],
+            "target": dict(self.target),
+            "has_coarse": self.has_coarse,
+            "nodata": self.nodata,
+            "tiles": [t.to_dict() for t in self.tiles],
+            "totals": {str(y): dict(t) for y, t in sorted(self.totals.items())},
+            "config_hash": self.config_hash,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TileIndex:
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            InputDataError: The data is not an index of a version this code reads.
+        """
+        try:
+            version = int(data["version"])
+            if version != INDEX_VERSION:
+                raise InputDataError(
+                    f"tile index version {version} is not supported (expected {INDEX_VERSION}); "
+                    "delete the tiles folder and run 'carbongeo tile' again"
+                )
+            return cls(
+                grid=Grid.from_dict(data["grid"]),
+                years=[int(y) for y in data["years"]],
+                bands=[str(b) for b in data["bands"]],
+                aux=[{str(k): str(v) for k, v in a.items()} for a in data["aux"]],
+                target={str(k): str(v) for k, v in data["target"].items()},
+                has_coarse=bool(data["has_coarse"]),
+                tiles=[TileRecord.from_dict(t) for t in data["tiles"]],
+                totals={int(y): dict(t) for y, t in data.get("totals", {}).items()},
+                config_hash=str(data.get("config_hash", "")),
+                nodata=str(data.get("nodata", "NaN")),
+                version=version,
+            )
+        except (KeyError, TypeError, ValueError, AttributeError, GridError) as err:
+            raise InputDataError(
+                f"tile index is damaged ({type(err).__name__}: {err}); delete the tiles folder "
+                "and run 'carbongeo tile' again"
+            ) from err
+
+    @property
+    def n_tiles(self) -> int:
+        """Number of tiles (the first axis of every cube)."""
+        return len(self.tiles)
+
+    def tile(self, tile_id: int) -> Tile:
+        """The grid :class:`~carbongeo.grid.Tile` of a tile id."""
+        record = self.tiles[tile_id]
+        return Tile(record.id, record.row, record.col, self.grid.tile_size)
+
+    def valid_fractions(self, year: int) -> np.ndarray:
+        """Valid fraction of every tile for ``year`` (float64 ``[N]``).
+
+        Raises:
+            InputDataError: ``year`` has not been tiled.
+        """
+        if year not in self.years:
+            raise InputDataError(
+                f"year {year} has not been tiled (tiled: {self.years}); run 'carbongeo tile "
+                f"--year {year}'"
+            )
+        return np.array([t.valid_fraction.get(year, 0.0) for t in self.tiles], dtype=np.float64)
+
+
+def load_index(tiles_dir: str | Path) -> TileIndex:
+    """Read ``<tiles_dir>/index.json``.
+
+    Raises:
+        InputDataError: The index is missing or damaged.
+    """
+    path = index_path(tiles_dir)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as err:
+        raise InputDataError(f"{path} not found; run 'carbongeo tile --config FILE' first") from err
+    except OSError as err:
+        raise InputDataError(f"{path}: cannot read ({err.strerror})") from err
+    try:
+        data = json.loads(text)
+    except ValueError as err:
+        raise InputDataError(
+            f"{path} is not valid JSON ({err}); delete the tiles folder and tile again"
+        ) from err
+    if not isinstance(data, dict):
+        raise InputDataError(f"{path} is not a tile index; delete the tiles folder and tile again")
+    return TileIndex.from_dict(data)
+
+
+# --------------------------------------------------------------------------- windows
+def read_window(
+    cube: np.ndarray, index_or_grid: TileIndex | Grid, window: Window, fill: float = np.nan
+) -> np.ndarray:
+    """Assemble an arbitrary window from a tile cube.
+
+    Works on any cube of the tile layout (``[N, C, t, t]`` with ``N`` = tile rows x tile cols of
+    the grid), including memory-mapped ones: only the tiles the window touches are read. The
+    window is in pixels of the cube's own resolution: fine pixels for ``X``/``Y`` cubes, coarse
+    cells for ``C`` cubes (whose tile side is ``tile_size / scale``).
+
+    Args:
+        cube: The cube ``[N, C, t, t]``.
+        index_or_grid: The tile index or the grid the cube was cut from.
+        window: Pixels to read; it may straddle tiles, the padding, or leave the padded grid.
+        fill: Value of the pixels outside the padded grid.
+
+    Returns:
+        Array ``[C, window.height, window.width]`` of the cube's dtype.
+    """
+    grid = index_or_grid.grid if isinstance(index_or_grid, TileIndex) else index_or_grid
+    if cube.ndim != 4 or cube.shape[-1] != cube.shape[-2]:
+        raise ValueError(f"expected a cube [N, C, t, t], got shape {cube.shape}")
+    n_tiles, channels, size = cube.shape[0], cube.shape[1], cube.shape[-1]
+    if n_tiles != grid.tile_rows * grid.tile_cols:
+        raise ValueError(
+            f"cube has {n_tiles} tiles but the grid has {grid.tile_rows} x {grid.tile_cols}"
+        )
+    out = np.full((channels, window.height, window.width), fill, dtype=cube.dtype)
+    inside = window.clip(grid.tile_rows * size, grid.tile_cols * size)
+    if inside.height == 0 or inside.width == 0:
+        return out
+    row_end, col_end = inside.row + inside.height, inside.col + inside.width
+    for tile_row in range(inside.row // size, (row_end - 1) // size + 1):
+        r0, r1 = max(inside.row, tile_row * size), min(row_end, (tile_row + 1) * size)
+        for tile_col in range(inside.col // size, (col_end - 1) // size + 1):
+            c0, c1 = max(inside.col, tile_col * size), min(col_end, (tile_col + 1) * size)
+            tile = cube[tile_row * grid.tile_cols + tile_col]
+            out[:, r0 - window.row : r1 - window.row, c0 - window.col : c1 - window.col] = tile[
+                :,
+                r0 - tile_row * size : r1 - tile_row * size,
+                c0 - tile_col * size : c1 - tile_col * size,
+            ]
+    return out
+
+
+# --------------------------------------------------------------------------- the grid
+def build_grid(config: PipelineConfig) -> Grid:
+    """The fine grid of a pipeline.
+
+    ``[grid] crs / resolution / bounds`` when given; otherwise the grid of the target raster of
+    the first configured year whose file exists. ``tile_size`` and ``scale`` come from ``[grid]``.
+
+    Raises:
+        ConfigError: The grid CRS is invalid or no target file exists.
+        InputDataError: The target raster cannot be read or has no CRS.
+    """
+    gc = config.grid
+    if gc.crs is not None and gc.resolution is not None and gc.bounds is not None:
+        try:
+            wkt = CRS.from_user_input(gc.crs).to_wkt()
+        except CRSError as err:
+            raise ConfigError(
+                f'grid.crs: {gc.crs!r} is not a CRS GDAL knows; use e.g. "EPSG:32650" ({err})'
+            ) from err
+        return Grid.from_bounds(
+            wkt, gc.resolution, tuple(gc.bounds), tile_size=gc.tile_size, scale=gc.scale
+        )
+    year = next((y for y in config.years if config.target.path_for(y).exists()), config.years[0])
+    if not config.target.path_for(year).exists():
+        raise ConfigError(
+            f"target.path: no target file found for any year (first: "
+            f"{config.target.path_for(year)}); the default grid is the target raster's grid"
+        )
+    source = RasterSource.from_config(config.target, year, key="target.path")
+    meta = describe_source(source)
+    try:
+        return Grid(meta.crs, meta.transform, meta.height, meta.width, gc.tile_size, gc.scale)
+    except GridError as err:
+        raise GridError(f"{source.label}: {err}") from err
+
+
+def coarse_scene_grid(grid: Grid) -> Grid:
+    """The coarse cells that touch the scene, as a grid (the coarse grid without empty padding).
+
+    Same origin and cell size as :meth:`Grid.coarse_grid`, but ``ceil(height / scale)`` x
+    ``ceil(width / scale)`` cells: coarse cells entirely in the padding are left NaN.
+    """
+    return Grid(
+        grid.crs,
+        grid.coarse_transform,
+        math.ceil(grid.height / grid.scale),
+        math.ceil(grid.width / grid.scale),
+        tile_size=1,
+        scale=1,
+    )
+
+
+# --------------------------------------------------------------------------- blocks
+@dataclass(frozen=True)
+class Block:
+    """A rectangle of whole tiles processed by one task: tile rows/cols ``[r0, r1) x [c0, c1)``."""
+
+    r0: int
+    r1: int
+    c0: int
+    c1: int
+
+    def window(self, tile_size: int) -> Window:
+        """The block's window on the padded grid, in pixels of ``tile_size``-pixel tiles."""
+        return Window(
+            self.r0 * tile_size,
+            self.c0 * tile_size,
+            (self.r1 - self.r0) * tile_size,
+            (self.c1 - self.c0) * tile_size,
+        )
+
+
+def plan_blocks(grid: Grid, block_tiles: int) -> list[Block]:
+    """Square blocks of ``block_tiles x block_tiles`` tiles (smaller at the edges), row-major."""
+    if block_tiles < 1:
+        raise ValueError(f"block_tiles must be >= 1, got {block_tiles}")
+    return [
+        Block(r, min(r + block_tiles, grid.tile_rows), c, min(c + block_tiles, grid.tile_cols))
+        for r in range(0, grid.tile_rows, block_tiles)
+        for c in range(0, grid.tile_cols, block_tiles)
+    ]
+
+
+def default_block_tiles(grid: Grid) -> int:
+    """Tiles per block side so that a block is about 1024 x 1024 pixels."""
+    return max(1, _BLOCK_PIXELS // grid.tile_size)
+
+
+# --------------------------------------------------------------------------- one block
+@dataclass(frozen=True)
+class _Band:
+    source: RasterSource
+    info: SourceInfo
+    transform: str = "none"
+
+
+@dataclass(frozen=True)
+class _YearPlan:
+    year: int
+    target: _Band
+    coarse: _Band | None
+    aux: tuple[_Band, ...]
+
+
+@dataclass(frozen=True)
+class _YearOutput:
+    """One year of a block task: its sources and the (temporary) cube files to write."""
+
+    plan: _YearPlan
+    x_path: str
+    y_path: str
+    c_path: str | None
+
+
+@dataclass(frozen=True)
+class _BlockJob:
+    """Everything one block task needs; small and picklable."""
+
+    grid: Grid
+    block: Block
+    years: tuple[_YearOutput, ...]
+
+
+@dataclass(frozen=True)
+class _BlockResult:
+    year: int
+    tile_ids: tuple[int, ...]
+    valid_counts: tuple[int, ...]
+    target_total: float
+    coarse_total: float
+
+
+def apply_transform(values: np.ndarray, name: str) -> np.ndarray:
+    """Apply an aux band's value transform (``none`` or ``log1p``) in place; NaN stays NaN.
+
+    ``log1p`` of values below -1 is undefined and becomes NaN (nodata).
+    """
+    if name == "none":
+        return values
+    if name == "log1p":
+        with np.errstate(invalid="ignore", divide="ignore"):
+            np.log1p(values, out=values)
+        values[~np.isfinite(values)] = np.nan
+        return values
+    raise ValueError(f"unknown transform {name!r}")
+
+
+def _write_tiles(path: str, block: Block, data: np.ndarray, tile_size: int, tile_cols: int) -> None:
+    """Write a block ``[C, h, w]`` into the tiles it covers of the cube at ``path``.
+
+    The cube is opened here (memory-mapped, ``r+``) and closed again, so any thread or process
+    can write its own disjoint tiles, and the written pages do not accumulate in this process.
+    """
+    cube = np.load(path, mmap_mode="r+")
+    try:
+        n_cols = block.c1 - block.c0
+        for i, tile_row in enumerate(range(block.r0, block.r1)):
+            band = data[:, i * tile_size : (i + 1) * tile_size, :]
+            tiles = band.reshape(data.shape[0], tile_size, n_cols, tile_size).transpose(2, 0, 1, 3)
+            first = tile_row * tile_cols + block.c0
+            cube[first : first + n_cols] = tiles
+        cube.flush()
+    finally:
+        del cube
+
+
+class _Aligner:
+    """Aligns bands on one block window, once per source file even when years share it."""
+
+    def __init__(self, job: _BlockJob) -> None:
+        self.grid = job.grid
+        self.window = job.block.window(job.grid.tile_size)
+        s = job.grid.scale
+        w = self.window
+        self.coarse_grid = coarse_scene_grid(job.grid)
+        self.coarse_window = Window(w.row // s, w.col // s, w.height // s, w.width // s)
+        bands = [b for y in job.years for b in (y.plan.target, *y.plan.aux)]
+        bands += [y.plan.coarse for y in job.years if y.plan.coarse is not None]
+        # Static sources (the same file every year) are aligned once and kept for the next year.
+        uses = Counter(b.source for b in bands)
+        self.shared = {source for source, n in uses.items() if n > 1}
+        self._cache: dict[tuple[RasterSource, bool], np.ndarray] = {}
+
+    def __call__(self, band: _Band, *, coarse: bool = False) -> np.ndarray:
+        key = (band.source, coarse)
+        if key in self._cache:
+            return self._cache[key].copy()
+        if coarse:
+            values = align_window(band.source, band.info, self.coarse_grid, self.coarse_window)
+        else:
+            values = align_window(band.source, band.info, self.grid, self.window)
+        if band.source in self.shared:
+            self._cache[key] = values.copy()
+        return values
+
+
+def _limit_gdal_cache() -> None:
+    """Bound GDAL's block cache in this process (dask worker processes start unbounded)."""
+    current = get_gdal_config("GDAL_CACHEMAX")
+    limit = _GDAL_CACHE_MB
+    if not isinstance(current, int) or current > (limit if current < 100_000 else limit << 20):
+        set_gdal_config("GDAL_CACHEMAX", limit)
+
+
+def _run_block(job: _BlockJob) -> list[_BlockResult]:
+    """Align every source on one block for each year, write the tiles, return counts, totals."""
+    _limit_gdal_cache()
+    grid, block = job.grid, job.block
+    ts = grid.tile_size
+    align = _Aligner(job)
+    results = []
+    for out in job.years:
+        plan = out.plan
+        target = align(plan.target)[None]
+        aux = np.empty((len(plan.aux), *target.shape[1:]), dtype=np.float32)
+        for channel, band in enumerate(plan.aux):
+            aux[channel] = apply_transform(align(band), band.transform)
+        coarse = align(plan.coarse, coarse=True)[None] if plan.coarse is not None else None
+        try:
+            _write_tiles(out.y_path, block, target, ts, grid.tile_cols)
+            _write_tiles(out.x_path, block, aux, ts, grid.tile_cols)
+            if coarse is not None and out.c_path is not None:
+                _write_tiles(out.c_path, block, coarse, ts // grid.scale, grid.tile_cols)
+        except OSError as err:
+            raise output_error(err.filename or out.y_path, err) from err
+        valid = np.isfinite(target[0])
+        ids, counts = [], []
+        for tile_row in range(block.r0, block.r1):
+            for tile_col in range(block.c0, block.c1):
+                r, c = (tile_row - block.r0) * ts, (tile_col - block.c0) * ts
+                ids.append(tile_row * grid.tile_cols + tile_col)
+                counts.append(int(valid[r : r + ts, c : c + ts].sum()))
+        results.append(
+            _BlockResult(
+                year=plan.year,
+                tile_ids=tuple(ids),
+                valid_counts=tuple(counts),
+                target_total=float(np.nansum(target, dtype=np.float64)),
+                coarse_total=(
+                    float(np.nansum(coarse, dtype=np.float64)) if coarse is not None else 0.0
+                ),
+            )
+        )
+    return results
+
+
+def _total_task(source: RasterSource, info: SourceInfo, bounds: Bounds) -> float:
+    _limit_gdal_cache()
+    return source_total(source, info, bounds)
+
+
+# --------------------------------------------------------------------------- planning
+def _source_key(config: PipelineConfig, src: SourceConfig) -> str:
+    if src is config.target:
+        return "target.path"
+    if src is config.coarse:
+        return "coarse.path"
+    index = config.aux.index(src)
+    return f"aux[{index}] ({src.name})"
+
+
+def _plan_years(config: PipelineConfig, grid: Grid, years: Sequence[int]) -> list[_YearPlan]:
+    """Validate every source of every year against the grid (before anything is written)."""
+    coarse_grid = coarse_scene_grid(grid)
+    cache: dict[tuple[RasterSource, bool], SourceInfo] = {}
+
+    def band(src: SourceConfig, year: int, *, coarse: bool = False) -> _Band:
+        source = RasterSource.from_config(src, year, key=_source_key(config, src))
+        if (source, coarse) not in cache:
+            cache[(source, coarse)] = validate_source(source, coarse_grid if coarse else grid)
+        return _Band(source, cache[(source, coarse)], src.transform)
+
+    return [
+        _YearPlan(
+            year=year,
+            target=band(config.target, year),
+            coarse=band(config.coarse, year, coarse=True) if config.coarse else None,
+            aux=tuple(band(a, year) for a in config.aux),
+        )
+        for year in years
+    ]
+
+
+def _index_meta(config: PipelineConfig) -> dict[str, Any]:
+    return {
+        "bands": config.aux_names,
+        "aux": [
+            {"name": a.name, "kind": a.kind, "transform": a.transform, "units": a.units}
+            for a in config.aux
+        ],
+        "target": {"units": config.target.units, "kind": config.target.kind},
+        "has_coarse": config.coarse is not None,
+    }
+
+
+def _existing_index(tiles_dir: Path) -> TileIndex | None:
+    return load_index(tiles_dir) if index_path(tiles_dir).exists() else None
+
+
+def _check_compatible(
+    existing: TileIndex, grid: Grid, meta: dict[str, Any], tiles_dir: Path
+) -> None:
+    fix = f"delete {tiles_dir} or use a new workdir to tile with the new settings"
+    if not existing.grid.same_geometry(grid):
+        raise ConfigError(
+            f"grid: the existing tiles in {tiles_dir} were cut on another grid; {fix}"
+        )
+    old_aux = [(a.get("name"), a.get("kind"), a.get("transform")) for a in existing.aux]
+    new_aux = [(a["name"], a["kind"], a["transform"]) for a in meta["aux"]]
+    if existing.bands != meta["bands"] or old_aux != new_aux:
+        raise ConfigError(
+            f"aux: the existing tiles in {tiles_dir} have other bands "
+            f"({', '.join(existing.bands)}) or band settings; {fix}"
+        )
+    if existing.has_coarse != meta["has_coarse"]:
+        raise ConfigError(
+            f"coarse: the existing tiles in {tiles_dir} were cut "
+            f"{'with' if existing.has_coarse else 'without'} a [coarse] product; {fix}"
+        )
+
+
+def _cube_shapes(grid: Grid, n_aux: int, has_coarse: bool) -> dict[CubeKind, tuple[int, ...]]:
+    n = grid.tile_rows * grid.tile_cols
+    ts = grid.tile_size
+    shapes: dict[CubeKind, tuple[int, ...]] = {"X": (n, n_aux, ts, ts), "Y": (n, 1, ts, ts)}
+    if has_coarse:
+        shapes["C"] = (n, 1, ts // grid.scale, ts // grid.scale)
+    return shapes
+
+
+def _check_free_space(tiles_dir: Path, needed: int) -> None:
+    try:
+        free = shutil.disk_usage(tiles_dir).free
+    except OSError:
+        return
+    if needed > free:
+        raise OutputError(
+            f"{tiles_dir}: the cubes need {needed / 1e9:.2f} GB but only {free / 1e9:.2f} GB "
+            "are free; free some space or choose another workdir"
+        )
+
+
+# --------------------------------------------------------------------------- execution
+class _DaskProgress(Callback):
+    """Advance a tqdm bar when a carbongeo task finishes under a local dask scheduler."""
+
+    def __init__(self, bar: tqdm, prefix: str) -> None:
+        super().__init__()
+        self._bar = bar
+        self._prefix = prefix
+
+    def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
+        if isinstance(key, str) and key.startswith(self._prefix):
+            self._bar.update(1)
+
+
+_LOCAL_SCHEDULERS = ("threads", "synchronous", "sync", "single-threaded", "processes")
+
+
+def _compute(
+    tasks: list[Any], *, scheduler: str | None, workers: int | None, bar: tqdm, prefix: str
+) -> list[Any]:
+    """Run delayed tasks; results in task order.
+
+    ``scheduler`` None with ``workers`` None: dask's threaded scheduler on every CPU. A local
+    scheduler name (``threads``, ``synchronous``, ``processes``) runs there with ``workers``
+    threads/processes. ``distributed``, or None with ``workers`` given: a local
+    ``dask.distributed`` cluster of ``workers`` single-threaded processes. Anything else is the
+    address of a running scheduler.
+    """
+    if scheduler in _LOCAL_SCHEDULERS or (scheduler is None and workers is None):
+        with _DaskProgress(bar, prefix):
+            return list(dask.compute(*tasks, scheduler=scheduler or "threads", num_workers=workers))
+    from distributed import Client, LocalCluster, as_completed
+
+    with _quiet_distributed():
+        cluster = None
+        if scheduler is None or scheduler == "distributed":
+            cluster = LocalCluster(
+                n_workers=workers or os.cpu_count() or 1,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+            )
+            client = Client(cluster)
+        else:
+            try:
+                client = Client(scheduler, timeout=30)
+            except OSError as err:
+                raise ConfigError(
+                    f"--scheduler: cannot connect to the dask scheduler at {scheduler!r} ({err})"
+                ) from err
+        try:
+            futures = client.compute(tasks)
+            try:
+                for future in as_completed(futures):
+                    if future.status == "error":
+                        future.result()  # raises the task's exception
+                    bar.update(1)
+            except BaseException:
+                client.cancel(futures)
+                raise
+            return client.gather(futures)
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+
+
+@contextlib.contextmanager
+def _quiet_distributed() -> Iterator[None]:
+    """Keep dask.distributed's INFO chatter (workers starting, ...) out of the user's log."""
+    logger = logging.getLogger("distributed")
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def tile_years(
+    config: PipelineConfig,
+    years: Sequence[int],
+    *,
+    progress: bool = True,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    block_tiles: int | None = None,
+) -> TileIndex:
+    """Align every source onto the grid and write the year cubes and ``index.json``.
+
+    Years already in an existing index are kept (their cubes are rewritten only when tiled
+    again); the index's years, valid fractions and totals are merged.
+
+    Args:
+        config: The pipeline.
+        years: Years to tile.
+        progress: Show a progress bar over blocks on stderr.
+        scheduler: The address of a running dask scheduler (``"tcp://host:8786"``; its workers
+            must see the same files), ``"distributed"`` (a local ``dask.distributed`` cluster),
+            or a local dask scheduler name (``"threads"``, ``"synchronous"`` for debugging,
+            ``"processes"``). Default: threads, or a local cluster when ``workers`` is given.
+        workers: Processes of the local cluster (threads/processes of a local scheduler);
+            default: the number of CPUs.
+        block_tiles: Side of a block in tiles (default: about 1024 pixels); memory per task is
+            about ``(block_tiles * tile_size) ** 2 * 4`` bytes per band.
+
+    Returns:
+        The index written to ``tiles/index.json``.
+
+    Raises:
+        ConfigError: A file is missing for a year, or the existing tiles were cut with another
+            grid or other bands.
+        InputDataError: A source is corrupt, has no CRS, lacks the band or misses the grid.
+        OutputError: The cubes cannot be written.
+    """
+    years = sorted({int(y) for y in years})
+    if not years:
+        raise ConfigError("years: nothing to tile; give at least one year")
+    config.check_files(years)
+    grid = build_grid(config)
+    plans = _plan_years(config, grid, years)
+    meta = _index_meta(config)
+    tiles_dir = config.tiles_dir
+    existing = _existing_index(tiles_dir)
+    if existing is not None:
+        _check_compatible(existing, grid, meta, tiles_dir)
+
+    shapes = _cube_shapes(grid, len(config.aux), config.coarse is not None)
+    try:
+        tiles_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise output_error(tiles_dir, err) from err
+    remove_stale_temps(tiles_dir)
+    bytes_per_year = sum(4 * math.prod(shape) for shape in shapes.values())
+    _check_free_space(tiles_dir, bytes_per_year * len(years))
+
+    blocks = plan_blocks(grid, block_tiles or default_block_tiles(grid))
+    prefix = f"carbongeo-tile-{os.getpid()}-"
+    with AtomicGroup() as group:
+        outputs: list[_YearOutput] = []
+        for plan in plans:
+            paths: dict[str, str] = {}
+            for kind, shape in shapes.items():
+                tmp = group.add(cube_path(tiles_dir, kind, plan.year))
+                try:
+                    np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+                except OSError as err:
+                    raise output_error(tmp, err) from err
+                paths[kind] = str(tmp)
+            outputs.append(_YearOutput(plan, paths["X"], paths["Y"], paths.get("C")))
+        tasks: list[Any] = []
+        for group_years in _year_groups(outputs, len(blocks), workers):
+            for block in blocks:
+                job = _BlockJob(grid, block, group_years)
+                key = f"{prefix}block-{group_years[0].plan.year}-{block.r0}-{block.c0}"
+                tasks.append(dask.delayed(_run_block, pure=False)(job, dask_key_name=key))
+        totals_tasks, total_keys = _total_tasks(plans, grid, prefix)
+        bar = tqdm(
+            total=len(tasks) + len(totals_tasks),
+            desc="tile",
+            unit="block",
+            file=sys.stderr,
+            disable=not progress,
+        )
+        with bar, rasterio.Env(GDAL_CACHEMAX=_GDAL_CACHE_MB):
+            results = _compute(
+                tasks + totals_tasks, scheduler=scheduler, workers=workers, bar=bar, prefix=prefix
+            )
+        block_results = [r for task_results in results[: len(tasks)] for r in task_results]
+        source_totals = dict(zip(total_keys, results[len(tasks) :], strict=True))
+
+        with file_lock(tiles_dir / _LOCK_NAME):
+            # Re-read under the lock: another run may have added years meanwhile.
+            existing = _existing_index(tiles_dir)
+            if existing is not None:
+                _check_compatible(existing, grid, meta, tiles_dir)
+            index = _merge_index(existing, grid, meta, config, plans, block_results, source_totals)
+            group.commit()
+            index.years = [y for y in index.years if _cubes_exist(tiles_dir, y, index.has_coarse)]
+            write_json_atomic(index_path(tiles_dir), index.to_dict())
+    _warn_on_totals(plans, index)
+    return index
+
+
+def _year_groups(
+    outputs: list[_YearOutput], n_blocks: int, workers: int | None
+) -> list[tuple[_YearOutput, ...]]:
+    """Split the years into groups, one task per block and group.
+
+    A task aligns a static source once for all its years, so years are grouped as much as the
+    parallelism allows: all in one group when there are enough blocks to keep every worker busy.
+    """
+    parallel = workers or os.cpu_count() or 1
+    n_groups = min(len(outputs), max(1, math.ceil(2 * parallel / n_blocks)))
+    size = math.ceil(len(outputs) / n_groups)
+    return [tuple(outputs[i : i + size]) for i in range(0, len(outputs), size)]
+
+
+def _total_tasks(plans: list[_YearPlan], grid: Grid, prefix: str) -> tuple[list[Any], list[str]]:
+    """One task per distinct extensive source file: the source total inside the scene."""
+    scene = grid.bounds
+    coarse = coarse_scene_grid(grid).bounds
+    tasks: list[Any] = []
+    keys: list[str] = []
+    for plan in plans:
+        bands = [(plan.target, scene)] + ([(plan.coarse, coarse)] if plan.coarse else [])
+        for band, bounds in bands:
+            key = _total_key(band)
+            if key in keys:
+                continue
+            keys.append(key)
+            tasks.append(
+                dask.delayed(_total_task, pure=False)(
+                    band.source, band.info, bounds, dask_key_name=f"{prefix}total-{len(keys)}"
+                )
+            )
+    return tasks, keys
+
+
+def _total_key(band: _Band) -> str:
+    return f"{band.source.path}|{band.source.band}|{band.source.nodata}|{band.source.variable}"
+
+
+def _cubes_exist(tiles_dir: Path, year: int, has_coarse: bool) -> bool:
+    kinds: tuple[CubeKind, ...] = ("X", "Y", "C") if has_coarse else ("X", "Y")
+    return all(cube_path(tiles_dir, k, year).exists() for k in kinds)
+
+
+def _merge_index(
+    existing: TileIndex | None,
+    grid: Grid,
+    meta: dict[str, Any],
+    config: PipelineConfig,
+    plans: list[_YearPlan],
+    block_results: list[_BlockResult],
+    source_totals: dict[str, float],
+) -> TileIndex:
+    """The new index: the existing one (if any) updated with this run's years."""
+    tiles = [TileRecord(t.id, t.row, t.col) for t in grid.iter_tiles()]
+    totals: dict[int, dict[str, float | None]] = {}
+    new_years = {plan.year for plan in plans}
+    old_years: list[int] = []
+    if existing is not None:
+        old_years = [y for y in existing.years if y not in new_years]
+        for record, old in zip(tiles, existing.tiles, strict=True):
+            record.valid_fraction = {y: f for y, f in old.valid_fraction.items() if y in old_years}
+        totals = {y: t for y, t in existing.totals.items() if y in old_years}
+    area = grid.tile_size * grid.tile_size
+    aligned: dict[int, list[float]] = {y: [0.0, 0.0] for y in new_years}
+    for result in block_results:
+        for tile_id, count in zip(result.tile_ids, result.valid_counts, strict=True):
+            tiles[tile_id].valid_fraction[result.year] = count / area
+        aligned[result.year][0] += result.target_total
+        aligned[result.year][1] += result.coarse_total
+    for plan in plans:
+        totals[plan.year] = {
+            "target_source": source_totals[_total_key(plan.target)],
+            "target_aligned": aligned[plan.year][0],
+            "coarse_source": source_totals[_total_key(plan.coarse)] if plan.coarse else None,
+            "coarse_aligned": aligned[plan.year][1] if plan.coarse else None,
+        }
+    return TileIndex(
+        grid=grid,
+        years=sorted(set(old_years) | new_years),
+        bands=list(meta["bands"]),
+        aux=list(meta["aux"]),
+        target=dict(meta["target"]),
+        has_coarse=bool(meta["has_coarse"]),
+        tiles=tiles,
+        totals=totals,
+        config_hash=config.data_hash(),
+    )
+
+
+def _warn_on_totals(plans: list[_YearPlan], index: TileIndex) -> None:
+    """Log when an extensive source lying inside the grid lost or gained mass in alignment."""
+    scenes = {"target": index.grid.bounds, "coarse": coarse_scene_grid(index.grid).bounds}
+    for plan in plans:
+        t = index.totals[plan.year]
+        pairs = [("target", plan.target, t["target_source"], t["target_aligned"])]
+        if plan.coarse is not None:
+            pairs.append(("coarse", plan.coarse, t["coarse_source"], t["coarse_aligned"]))
+        for name, band, before, after in pairs:
+            inside = band.info.complete and _inside(scenes[name], band.info.footprint)
+            if inside and before and after is not None and abs(after / before - 1) > 1e-3:
+                log.warning(
+                    "%s %d: total changed by %.3g%% in alignment (%.6g -> %.6g)",
+                    name,
+                    plan.year,
+                    100 * (after / before - 1),
+                    before,
+                    after,
+                )
+
+
+def _inside(outer: Bounds, inner: Bounds) -> bool:
+    return (
+        outer[0] <= inner[0]
+        and outer[1] <= inner[1]
+        and inner[2] <= outer[2]
+        and inner[3] <= outer[3]
+    )
