@@ -24,6 +24,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from carbongeo.errors import CarbongeoError
+from carbongeo.normalization import aux_domain
 
 if TYPE_CHECKING:
     from carbongeo.normalization import Normalization
@@ -237,7 +238,7 @@ class CubeDataset(Dataset[dict[str, Any]]):
         coarse = block_sum_np(target, self.scale)
         fine = target[:, centre]
         finite = np.isfinite(fine)
-        mask = finite & np.isfinite(aux[:, centre]).all(axis=0)[None]
+        mask = finite & aux_domain(aux[:, centre])[None]
         return {
             "aux": torch.from_numpy(self.norm.normalize_aux(aux)),
             "coarse": torch.from_numpy(coarse),

@@ -39,6 +39,7 @@ from carbongeo.baselines import block_sum, run_baselines, unplaced_mass
 from carbongeo.config import PipelineConfig
 from carbongeo.errors import CarbongeoError
 from carbongeo.grid import Window
+from carbongeo.normalization import aux_domain
 
 __all__ = [
     "METRICS",
@@ -619,7 +620,7 @@ class TileStore:
         for channel, is_log in enumerate(self.log1p_bands):
             if is_log:
                 aux[channel] = np.expm1(aux[channel])
-        domain = inside & np.isfinite(aux).all(axis=0)
+        domain = inside & aux_domain(aux)
         if c_cube is not None:
             coarse = np.asarray(c_cube[position, 0], dtype=np.float64)
         else:

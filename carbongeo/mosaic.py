@@ -9,8 +9,9 @@ no later window touches (always whole coarse cells) are normalised, re-projected
 field so that every coarse cell of the output sums to its coarse total, and handed to the writers.
 Memory is therefore flat in the scene area (it grows with the scene width only).
 
-A pixel is nodata (NaN) when it lies outside the scene, when any aux band of the centre year is
-nodata, or when its coarse cell is nodata; nodata pixels carry no mass.
+A pixel is nodata (NaN) when it lies outside the scene, when no aux band of the centre year has
+data there (:func:`carbongeo.normalization.aux_domain`), or when its coarse cell is nodata;
+nodata pixels carry no mass.
 
 :func:`predict_scene` is the pure streaming core: it takes any predict function, any window reader
 and any row sink. :func:`mosaic_years` wires it to the tile cubes, a checkpoint and the outputs
@@ -42,7 +43,7 @@ from carbongeo.errors import CarbongeoError, CheckpointError
 from carbongeo.grid import Grid, Window
 from carbongeo.io.atomic import commit, output_error, remove_quietly, remove_stale_temps, temp_path
 from carbongeo.io.cog import COGWriter
-from carbongeo.normalization import Normalization
+from carbongeo.normalization import Normalization, aux_domain
 from carbongeo.tiling import TileIndex, cube_path, load_index, read_window
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ class WindowBatch:
     Attributes:
         aux: float32 ``[B, C, T, h, w]``, normalised, nodata set to 0.
         coarse: float32 ``[B, 1, T, h/s, w/s]``, physical units, nodata set to 0.
-        valid: bool ``[B, h, w]``, True where every aux band of the centre year is present.
+        valid: bool ``[B, h, w]``, True inside the aux domain of the centre year.
         mass: float32 ``[B, h/s, w/s]``, the centre year's coarse totals the output must match,
             NaN where the coarse cell is nodata.
     """
@@ -518,7 +519,7 @@ class CubeReader:
             coarse_batch.append(np.stack([coarse_year[y] for y in self.years], axis=1))
         aux = np.stack(aux_batch).astype(np.float32, copy=False)  # [B, C, T, h, w]
         coarse = np.stack(coarse_batch).astype(np.float32, copy=False)  # [B, 1, T, h/s, w/s]
-        valid = np.isfinite(aux[:, :, centre]).all(axis=1)
+        valid = aux_domain(aux[:, :, centre], channel_axis=1)
         mass = coarse[:, 0, centre].copy()
         return WindowBatch(
             aux=self.norm.normalize_aux(aux, channel_axis=1),

@@ -57,11 +57,19 @@ def test_item_content(cubes: tuple[Path, list[int], Normalization]) -> None:
     assert torch.isfinite(item["aux"]).all() and torch.isfinite(item["coarse"]).all()
 
 
-def test_mask_excludes_aux_nodata(cubes: tuple[Path, list[int], Normalization]) -> None:
+def test_mask_excludes_pixels_without_any_aux(
+    cubes: tuple[Path, list[int], Normalization],
+) -> None:
     tiles_dir, ids, norm = cubes
+    # The fixture leaves band 1 missing on [10:12, 20:24]; band 0 is also removed on two pixels.
+    x = np.load(tiles_dir / "X_2020.npy", mmap_mode="r+")
+    x[1, 0, 10, 20:22] = np.nan
+    x.flush()
+    del x
     item = CubeDataset(tiles_dir, [ids[1]], [2020], norm)[0]
-    assert not item["mask"][0, 10:12, 20:24].any()
-    assert int((~item["mask"]).sum()) == 2 * 4
+    assert not item["mask"][0, 10, 20:22].any()
+    assert int((~item["mask"]).sum()) == 2  # one band missing alone is imputed, not masked
+    assert torch.isfinite(item["aux"]).all()
 
 
 def test_edge_years_replicate(cubes: tuple[Path, list[int], Normalization]) -> None:

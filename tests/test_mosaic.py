@@ -320,8 +320,8 @@ def build_run(
     for year in YEARS:
         aux = np.full((len(BANDS), rows, cols), np.nan, dtype=np.float32)
         aux[:, :height, :width] = rng.uniform(0, 3, (len(BANDS), height, width))
-        aux[1, 20:23, 30:50] = np.nan  # aux nodata inside cells
-        aux[0, 48:64, 8:24] = np.nan  # whole cells without aux
+        aux[1, 20:23, 30:50] = np.nan  # one band missing: imputed, not nodata
+        aux[:, 48:64, 8:24] = np.nan  # whole cells without any aux
         target = np.full((1, rows, cols), np.nan, dtype=np.float32)
         target[0, :height, :width] = rng.gamma(2.0, 5.0, (height, width))
         target[0, :16, :16] = np.nan  # target nodata: four coarse cells are nodata
@@ -471,7 +471,7 @@ def test_mass_is_conserved_and_nodata_is_propagated(
         target = scene_of(config, "Y", result.year)[0]
         aux = scene_of(config, "X", result.year)[:, :72, :100]
         coarse = coarse_from_fine(target, 8)
-        expected_nodata = ~np.isfinite(aux).all(axis=0)
+        expected_nodata = ~np.isfinite(aux).any(axis=0)
         expected_nodata |= np.repeat(np.repeat(np.isnan(coarse), 8, 0), 8, 1)[:72, :100]
         assert np.array_equal(np.isnan(pred), expected_nodata)
         assert np.nanmin(pred) >= 0
