@@ -98,6 +98,7 @@ class SynthSize:
         n_dem_voids: Void patches in the elevation raster.
         largest_city: Population of the largest city in the reference year.
         nodata_blocks: Size of the staircase of coarse cells missing in the target's NW corner.
+        block_tiles: `[split] block_tiles` of the pipeline file.
         model_dim: `[model] dim` of the pipeline file.
         model_depth: `[model] depth` of the pipeline file.
         epochs: `[train] epochs` of the pipeline file.
@@ -119,6 +120,7 @@ class SynthSize:
     n_dem_voids: int
     largest_city: float
     nodata_blocks: int
+    block_tiles: int
     model_dim: int
     model_depth: int
     epochs: int
@@ -142,6 +144,7 @@ SIZES: dict[str, SynthSize] = {
         n_dem_voids=1,
         largest_city=1.2e6,
         nodata_blocks=3,
+        block_tiles=1,
         model_dim=8,
         model_depth=1,
         epochs=2,
@@ -154,7 +157,7 @@ SIZES: dict[str, SynthSize] = {
         width=512,
         first_year=2014,
         last_year=2023,
-        tile_size=128,
+        tile_size=64,
         scale=8,
         n_cities=40,
         n_point_sources=10,
@@ -163,11 +166,12 @@ SIZES: dict[str, SynthSize] = {
         n_dem_voids=3,
         largest_city=3.0e6,
         nodata_blocks=5,
+        block_tiles=2,
         model_dim=16,
         model_depth=1,
-        epochs=12,
-        batch_size=8,
-        overlap=32,
+        epochs=30,
+        batch_size=16,
+        overlap=16,
     ),
     "medium": SynthSize(
         name="medium",
@@ -184,9 +188,10 @@ SIZES: dict[str, SynthSize] = {
         n_dem_voids=6,
         largest_city=6.0e6,
         nodata_blocks=8,
+        block_tiles=2,
         model_dim=16,
         model_depth=1,
-        epochs=12,
+        epochs=30,
         batch_size=8,
         overlap=32,
     ),
@@ -1537,7 +1542,7 @@ def _config_text(spec: SynthSize, years: list[int]) -> str:
         "",
         "[split]",
         "ratios = [0.8, 0.1, 0.1]",
-        "block_tiles = 1",
+        f"block_tiles = {spec.block_tiles}",
         "buffer_tiles = 1",
         "min_valid_fraction = 0.5",
         "seed = 0",
