@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import re
 import tomllib
 from collections.abc import Sequence
@@ -306,7 +307,8 @@ def _resolve_path(raw: object, base: Path, key: str) -> str:
     if not isinstance(raw, str) or not raw.strip():
         raise ConfigError(f"{key}: expected a file path (string), got {raw!r}")
     path = Path(raw).expanduser()
-    return str(path if path.is_absolute() else (base / path))
+    # normpath folds "pipelines/../data" so errors and outputs show the path a user expects.
+    return os.path.normpath(path if path.is_absolute() else (base / path))
 
 
 _SOURCE_KEYS = ("name", "path", "kind", "transform", "units", "nodata", "band")
