@@ -12,9 +12,7 @@ lazily in each process (DataLoader workers included), never loaded whole.
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,83 +23,10 @@ from torch.utils.data import Dataset
 
 from carbongeo.errors import CarbongeoError
 from carbongeo.normalization import aux_domain
+from carbongeo.tiling import load_index
 
 if TYPE_CHECKING:
     from carbongeo.normalization import Normalization
-
-INDEX_FILE = "index.json"
-
-
-@dataclass(frozen=True)
-class TileIndex:
-    """The content of ``tiles/index.json`` that training needs.
-
-    Attributes:
-        grid: The grid description (:meth:`carbongeo.grid.Grid.to_dict`).
-        years: Years that were tiled.
-        bands: Aux band names in channel order.
-        tiles: Tile records (``id``, ``row``, ``col``, ``valid_fraction``), in cube row order.
-    """
-
-    grid: dict[str, Any]
-    years: tuple[int, ...]
-    bands: tuple[str, ...]
-    tiles: tuple[dict[str, Any], ...]
-
-    @property
-    def tile_size(self) -> int:
-        """Tile side in fine pixels."""
-        return int(self.grid["tile_size"])
-
-    @property
-    def scale(self) -> int:
-        """Fine pixels per coarse cell side."""
-        return int(self.grid["scale"])
-
-    def position(self, tile_id: int) -> int:
-        """Row of tile ``tile_id`` in the ``X_<year>.npy`` / ``Y_<year>.npy`` cubes.
-
-        Raises:
-            CarbongeoError: If the tile id is not in the index.
-        """
-        positions = self._positions()
-        if tile_id not in positions:
-            raise CarbongeoError(
-                f"tile {tile_id} is not in {INDEX_FILE}; the split is older than the tiles, "
-                "rerun: carbongeo split"
-            )
-        return positions[tile_id]
-
-    def _positions(self) -> dict[int, int]:
-        cached: dict[int, int] | None = self.__dict__.get("_position_cache")
-        if cached is None:
-            cached = {int(tile["id"]): row for row, tile in enumerate(self.tiles)}
-            object.__setattr__(self, "_position_cache", cached)
-        return cached
-
-
-def read_index(tiles_dir: str | Path) -> TileIndex:
-    """Read ``<tiles_dir>/index.json``.
-
-    Raises:
-        CarbongeoError: If the file is missing or malformed.
-    """
-    path = Path(tiles_dir) / INDEX_FILE
-    if not path.is_file():
-        raise CarbongeoError(f"{path} not found; run: carbongeo tile")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        bands = tuple(b["name"] if isinstance(b, dict) else str(b) for b in data["bands"])
-        return TileIndex(
-            grid=dict(data["grid"]),
-            years=tuple(int(y) for y in data["years"]),
-            bands=bands,
-            tiles=tuple(dict(t) for t in data["tiles"]),
-        )
-    except (ValueError, KeyError, TypeError) as err:
-        raise CarbongeoError(
-            f"{path} is not a valid tile index ({err!r}); rerun: carbongeo tile"
-        ) from err
 
 
 def window_years(year: int, temporal: int, first: int, last: int) -> list[int]:
@@ -173,7 +98,7 @@ class CubeDataset(Dataset[dict[str, Any]]):
         series: tuple[int, int] | None = None,
     ) -> None:
         self.tiles_dir = Path(tiles_dir)
-        self.index = read_index(self.tiles_dir)
+        self.index = load_index(self.tiles_dir)
         self.norm = norm
         self.temporal = temporal
         self.augment = augment

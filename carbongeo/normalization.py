@@ -231,11 +231,11 @@ def compute_normalization(
         CarbongeoError: If the index or a cube is missing, a tile id is unknown, the bands are
             inconsistent between years, or the train tiles hold no positive target pixel.
     """
-    from carbongeo.data import read_index  # data imports this module
+    from carbongeo.tiling import load_index
 
     tiles_dir = Path(tiles_dir)
     years = list(years)
-    index = read_index(tiles_dir)
+    index = load_index(tiles_dir)
     rows = sorted({index.position(int(tile_id)) for tile_id in tile_ids})
     if not rows or not years:
         raise CarbongeoError("the train split is empty; rerun 'carbongeo split' and check it")

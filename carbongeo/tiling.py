@@ -222,9 +222,37 @@ class TileIndex:
         """Number of tiles (the first axis of every cube)."""
         return len(self.tiles)
 
+    @property
+    def tile_size(self) -> int:
+        """Tile side in fine pixels."""
+        return self.grid.tile_size
+
+    @property
+    def scale(self) -> int:
+        """Fine pixels per coarse cell side."""
+        return self.grid.scale
+
+    def position(self, tile_id: int) -> int:
+        """Row of tile ``tile_id`` along the first axis of the cubes.
+
+        Raises:
+            InputDataError: The tile id is not in the index (the split is older than the tiles).
+        """
+        cached = self.__dict__.get("_positions")
+        if cached is None or cached[0] is not self.tiles or len(cached[1]) != len(self.tiles):
+            cached = (self.tiles, {record.id: row for row, record in enumerate(self.tiles)})
+            self.__dict__["_positions"] = cached
+        positions: dict[int, int] = cached[1]
+        if tile_id not in positions:
+            raise InputDataError(
+                f"tile {tile_id} is not in the tile index; the split is older than the tiles, "
+                "rerun: carbongeo split"
+            )
+        return positions[tile_id]
+
     def tile(self, tile_id: int) -> Tile:
         """The grid :class:`~carbongeo.grid.Tile` of a tile id."""
-        record = self.tiles[tile_id]
+        record = self.tiles[self.position(tile_id)]
         return Tile(record.id, record.row, record.col, self.grid.tile_size)
 
     def valid_fractions(self, year: int) -> np.ndarray:
@@ -441,6 +469,8 @@ class _BlockResult:
     valid_counts: tuple[int, ...]
     target_total: float
     coarse_total: float
+    negative_count: int = 0
+    lowest: float = math.inf
 
 
 def apply_transform(values: np.ndarray, name: str) -> np.ndarray:
@@ -537,6 +567,8 @@ def _run_block(job: _BlockJob) -> list[_BlockResult]:
         except OSError as err:
             raise output_error(err.filename or out.y_path, err) from err
         valid = np.isfinite(target[0])
+        negative = target[0] < 0  # NaN compares False
+        n_negative = int(np.count_nonzero(negative))
         ids, counts = [], []
         for tile_row in range(block.r0, block.r1):
             for tile_col in range(block.c0, block.c1):
@@ -552,6 +584,8 @@ def _run_block(job: _BlockJob) -> list[_BlockResult]:
                 coarse_total=(
                     float(np.nansum(coarse, dtype=np.float64)) if coarse is not None else 0.0
                 ),
+                negative_count=n_negative,
+                lowest=float(target[0][negative].min()) if n_negative else math.inf,
             )
         )
     return results
@@ -765,7 +799,8 @@ def tile_years(
     Raises:
         ConfigError: A file is missing for a year, or the existing tiles were cut with another
             grid or other bands.
-        InputDataError: A source is corrupt, has no CRS, lacks the band or misses the grid.
+        InputDataError: A source is corrupt, has no CRS, lacks the band or misses the grid; or
+            a year's target has no valid pixel on the grid or negative emissions.
         OutputError: The cubes cannot be written.
     """
     years = sorted({int(y) for y in years})
@@ -823,6 +858,7 @@ def tile_years(
             )
         block_results = [r for task_results in results[: len(tasks)] for r in task_results]
         source_totals = dict(zip(total_keys, results[len(tasks) :], strict=True))
+        _check_target_values(plans, block_results)  # before anything is committed
 
         with file_lock(tiles_dir / _LOCK_NAME):
             # Re-read under the lock: another run may have added years meanwhile.
@@ -835,6 +871,39 @@ def tile_years(
             write_json_atomic(index_path(tiles_dir), index.to_dict())
     _warn_on_totals(plans, index)
     return index
+
+
+def _check_target_values(plans: list[_YearPlan], block_results: list[_BlockResult]) -> None:
+    """Refuse a target year that has no valid pixel on the grid or holds negative emissions.
+
+    Both are data errors (a wrong nodata value, a misplaced grid, a sign error): training on them
+    would silently learn nothing or learn nonsense, so the tile stage stops with one line naming
+    the file before any cube is published.
+
+    Raises:
+        InputDataError: The first such year, naming the file and the number of pixels.
+    """
+    valid: Counter[int] = Counter()
+    negative: Counter[int] = Counter()
+    lowest: dict[int, float] = {}
+    for result in block_results:
+        valid[result.year] += sum(result.valid_counts)
+        negative[result.year] += result.negative_count
+        lowest[result.year] = min(lowest.get(result.year, math.inf), result.lowest)
+    for plan in plans:
+        label = plan.target.source.label
+        if valid[plan.year] == 0:
+            raise InputDataError(
+                f"{label}: no valid pixel on the grid for {plan.year} (all nodata); check the "
+                f"file's nodata value (or target.nodata) and the grid, or leave {plan.year} out "
+                "of years"
+            )
+        if negative[plan.year]:
+            raise InputDataError(
+                f"{label}: {negative[plan.year]} pixel(s) with negative emissions on the grid for "
+                f"{plan.year} (lowest {lowest[plan.year]:.6g}); emissions cannot be negative: fix "
+                "the file, or declare the value as nodata with target.nodata"
+            )
 
 
 def _year_groups(

@@ -59,13 +59,14 @@ from carbongeo.checkpoint import (
     strip_prefixes,
 )
 from carbongeo.config import PipelineConfig
-from carbongeo.data import CubeDataset, TileIndex, model_inputs, read_index
+from carbongeo.data import CubeDataset, model_inputs
 from carbongeo.errors import CarbongeoError, CheckpointError
-from carbongeo.io.atomic import write_text_atomic
+from carbongeo.io.atomic import remove_stale_temps, write_text_atomic
 from carbongeo.losses import TERMS, HybridLoss
 from carbongeo.metrics import METRIC_NAMES, PooledMetrics
 from carbongeo.models.network import DSTCarbonFormer
 from carbongeo.normalization import Normalization, compute_normalization
+from carbongeo.tiling import TileIndex, load_index
 
 logger = logging.getLogger(__name__)
 
@@ -526,7 +527,7 @@ class _Trainer:
         tcfg = config.train
         from carbongeo.split import load_split
 
-        self.index = read_index(config.tiles_dir)
+        self.index = load_index(config.tiles_dir)
         _check_tiles(self.index, config)
         split = load_split(config.tiles_dir)
         self.years = [y for y in config.years if y != split.holdout_year]
@@ -729,6 +730,7 @@ class _Trainer:
         ctx = self.ctx
         if ctx.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temps(self.out_dir)  # left by a run killed while saving
         start_epoch = self.epoch
         if self.stopped or self.epoch >= self.total_epochs:
             _report(

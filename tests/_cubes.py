@@ -77,6 +77,9 @@ def write_cubes(
         },
         "years": list(years),
         "bands": list(BANDS),
+        "aux": [{"name": b, "kind": "intensive", "transform": "none", "units": ""} for b in BANDS],
+        "target": {"units": "t", "kind": "extensive"},
+        "has_coarse": False,
         "tiles": [
             {
                 "id": tile_id,

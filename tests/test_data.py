@@ -11,7 +11,7 @@ import torch
 from _cubes import SCALE, TILE, YEARS, write_cubes
 from torch.utils.data import DataLoader
 
-from carbongeo.data import CubeDataset, block_sum_np, read_index, window_years
+from carbongeo.data import CubeDataset, block_sum_np, window_years
 from carbongeo.errors import CarbongeoError
 from carbongeo.normalization import Normalization, compute_normalization
 
@@ -172,9 +172,10 @@ def test_loader_with_workers(cubes: tuple[Path, list[int], Normalization]) -> No
     assert torch.equal(batches[0]["aux"][1], data[1]["aux"])
 
 
-def test_read_index_errors(tmp_path: Path) -> None:
+def test_dataset_names_the_command_when_the_index_is_missing(tmp_path: Path) -> None:
+    norm = Normalization([0.0], [1.0], 1.0, 1.0, 1.0)
     with pytest.raises(CarbongeoError, match="carbongeo tile"):
-        read_index(tmp_path)
+        CubeDataset(tmp_path, [0], [2020], norm)
     (tmp_path / "index.json").write_text("{}")
-    with pytest.raises(CarbongeoError, match="not a valid tile index"):
-        read_index(tmp_path)
+    with pytest.raises(CarbongeoError, match="damaged"):
+        CubeDataset(tmp_path, [0], [2020], norm)
