@@ -160,6 +160,14 @@ class DSTCarbonFormer(nn.Module):
             if last.bias is not None:
                 last.bias.zero_()
 
+        # A per-pixel linear path from the centre year's aux bands to the log-ratio. Under the
+        # mass constraint exp(w . aux) shares each cell's mass like a dasymetric map (e.g. in
+        # proportion to (1 + population)^k for a log1p band), so the network starts from the
+        # allocation users already know and the deep features learn what it misses. No bias:
+        # a constant log-ratio changes nothing once mass is conserved. Zero at start.
+        self.aux_prior = nn.Conv2d(aux_channels, 1, kernel_size=1, bias=False)
+        nn.init.zeros_(self.aux_prior.weight)
+
         filter_name = cast(FilterName, fft_filter)
         self.fft = FFTHardConstraint(scale, filter_name) if fft_constraint else None
         self.mass = MassConstraint(scale) if mass_constraint else None
@@ -226,7 +234,7 @@ class DSTCarbonFormer(nn.Module):
             self.up1(half), size=full.shape[-2:], mode="bilinear", align_corners=False
         )
         full = self.stage3(self.sft2(full, self.aux_refine(aux_features)))
-        log_ratio = self.head(self.context(full))
+        log_ratio = self.head(self.context(full)) + self.aux_prior(aux[:, :, centre])
         return self._constrain(log_ratio, base, reference, centre_coarse)
 
     def _constrain(
