@@ -91,7 +91,7 @@ class ModelConfig:
 
     dim: int = 32
     depth: int = 2
-    fft_constraint: bool = True
+    fft_constraint: bool = False
     fft_filter: str = "ideal"
     mass_constraint: bool = True
 
