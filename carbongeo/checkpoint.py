@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from carbongeo.errors import CheckpointError
+from carbongeo.errors import CheckpointError, OutputError
 from carbongeo.io.atomic import atomic_path, output_error
 from carbongeo.normalization import Normalization
 
@@ -63,6 +63,13 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
             torch.save(state, tmp)
         except OSError as err:
             raise output_error(path, err) from err
+        except RuntimeError as err:
+            # torch's zip writer reports a failed write (e.g. a full disk) as a RuntimeError.
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else "write failed"
+            raise OutputError(
+                f"cannot write {path}: {reason[:160]} (check that the folder is writable and has "
+                "free space)"
+            ) from err
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -78,7 +85,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        if "weights only" in str(err).lower():
+        # An object the safe unpickler refuses names its class ("Unsupported global: ...");
+        # random or damaged bytes fail on an opcode instead and are merely corrupt.
+        if "weights only" in str(err).lower() and "unsupported global" in str(err).lower():
             raise CheckpointError(
                 f"{path}: refused: the file holds pickled Python objects, which are never loaded "
                 "(only checkpoints written by 'carbongeo train' are accepted)"

@@ -297,9 +297,12 @@ def scene_map(
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    from carbongeo.io.atomic import atomic_path
+    from carbongeo.io.atomic import atomic_path, output_error
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=DPI)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=DPI)
+    except OSError as err:  # a file in the way of the folder, no permission, disk full
+        raise output_error(path, err) from err
     return path

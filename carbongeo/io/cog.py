@@ -20,6 +20,7 @@ import numpy as np
 import rasterio
 import rasterio.shutil
 from affine import Affine
+from rasterio._err import CPLE_BaseError
 from rasterio.errors import RasterioError
 from rasterio.windows import Window as RasterioWindow
 
@@ -148,9 +149,9 @@ class COGWriter:
         except OSError as err:
             self.abort()
             raise output_error(self.path, err) from err
-        except RasterioError as err:
+        except (RasterioError, CPLE_BaseError) as err:
             self.abort()
-            raise OutputError(f"cannot write {self.path}: {err}") from err
+            raise _gdal_error(self.path, err) from err
 
     def write_rows(self, rows: np.ndarray) -> None:
         """Append ``rows`` (``[n, width]``) below the rows written so far."""
@@ -180,7 +181,7 @@ class COGWriter:
         if self._buffered == 0:
             return
         window = RasterioWindow(0, self._row, self.width, self._buffered)
-        with _gdal_env():
+        with self._abort_on_error(), _gdal_env():
             self._dst.write(self._buffer[: self._buffered], 1, window=window)
         self._row += self._buffered
         self._buffered = 0
@@ -236,8 +237,9 @@ class COGWriter:
             self.abort()
             if isinstance(err, OSError):
                 raise output_error(self.path, err) from err
-            if isinstance(err, RasterioError):
-                raise OutputError(f"cannot write {self.path}: {err}") from err
+            if isinstance(err, RasterioError | CPLE_BaseError):
+                # GDAL reports a full disk or a failed conversion through its own error types.
+                raise _gdal_error(self.path, err) from err
             raise
 
     def abort(self) -> None:
@@ -248,6 +250,13 @@ class COGWriter:
             self._dst = None
         remove_quietly(self._tmp)
         remove_quietly(self._tmp_cog)
+
+
+def _gdal_error(path: Path, err: Exception) -> OutputError:
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return OutputError(
+        f"cannot write {path}: {reason} (check that the folder is writable and has free space)"
+    )
 
 
 def write_cog(
