@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from carbongeo.checkpoint import check_compatible, load_checkpoint, model_from_checkpoint
 from carbongeo.data import window_years
+from carbongeo.device import resolve_device
 from carbongeo.errors import CarbongeoError, CheckpointError
 from carbongeo.grid import Grid, Window
 from carbongeo.io.atomic import commit, output_error, remove_quietly, remove_stale_temps, temp_path
@@ -415,25 +416,6 @@ def predict_scene(
 
 
 # --------------------------------------------------------------------------- model and inputs
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error.
-
-    Raises:
-        CarbongeoError: ``cuda`` was asked for but is not available, or the name is unknown.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise CarbongeoError(
-                "--device cuda: no CUDA GPU is available to PyTorch; use --device cpu (or auto)"
-            )
-        return torch.device("cuda")
-    raise CarbongeoError(f"--device: {name!r} is not one of auto, cpu, cuda")
-
-
 def torch_predictor(model: torch.nn.Module, device: torch.device | str = "cpu") -> Predictor:
     """Wrap a network ``model(aux, coarse) -> [B, 1, H, W]`` as a :data:`Predictor`.
 

@@ -60,6 +60,7 @@ from carbongeo.checkpoint import (
 )
 from carbongeo.config import PipelineConfig
 from carbongeo.data import CubeDataset, model_inputs
+from carbongeo.device import resolve_device
 from carbongeo.errors import CarbongeoError, CheckpointError
 from carbongeo.io.atomic import remove_stale_temps, write_text_atomic
 from carbongeo.losses import TERMS, HybridLoss
@@ -116,26 +117,6 @@ class TrainResult:
 
 
 # --------------------------------------------------------------------------- devices and AMP
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error.
-
-    Raises:
-        CarbongeoError: ``cuda`` was asked for but is not available, or the name is unknown.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise CarbongeoError(
-                "train.device: 'cuda' was asked for but no CUDA GPU is available to PyTorch; "
-                "use --device cpu (or auto)"
-            )
-        return torch.device("cuda")
-    raise CarbongeoError(f"train.device: {name!r} is not one of auto, cpu, cuda")
-
-
 def select_amp(device: torch.device | str, enabled: bool = True) -> tuple[bool, torch.dtype, bool]:
     """Mixed-precision settings for ``device``: ``(enabled, dtype, use_grad_scaler)``.
 
