@@ -583,13 +583,9 @@ def _worker_info(params: dict[str, Any]) -> dict[str, Any]:
 
     if params.get("threads"):
         torch.set_num_threads(int(params["threads"]))
-    name = params["device"]
-    cuda = torch.cuda.is_available()
-    if name == "cuda" and not cuda:
-        raise CarbongeoError(
-            "--device cuda: no CUDA GPU is available to PyTorch; use --device cpu (or auto)"
-        )
-    device = "cuda" if name == "cuda" or (name == "auto" and cuda) else "cpu"
+    from carbongeo.device import resolve_device
+
+    device = resolve_device(params["device"]).type
     return {
         "torch": torch.__version__,
         "device": device,
