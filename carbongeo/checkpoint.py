@@ -153,16 +153,37 @@ def model_from_checkpoint(state: dict[str, Any]) -> tuple[DSTCarbonFormer, Norma
 
     try:
         model = DSTCarbonFormer(**state["model_config"])
-        model.load_state_dict(strip_prefixes(state["model"]))
         norm = Normalization.from_dict(state["norm"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(
-            f"checkpoint does not fit this version of the model ({reason[:160]}); "
+            f"checkpoint does not fit this version of the model ({_one_line(err)}); "
             "retrain with: carbongeo train"
         ) from None
+    load_weights(model, state, "retrain with: carbongeo train")
     model.eval()
     return model, norm
+
+
+def load_weights(model: torch.nn.Module, state: dict[str, Any], fix: str) -> None:
+    """Load a checkpoint's weights into ``model``; a mismatch is one CheckpointError line.
+
+    Args:
+        model: The freshly built network.
+        state: The checkpoint.
+        fix: What the user should do, appended to the message.
+    """
+    try:
+        model.load_state_dict(strip_prefixes(state["model"]))
+    except (KeyError, RuntimeError) as err:
+        raise CheckpointError(
+            f"checkpoint was written by another version of the model ({_one_line(err)}); {fix}"
+        ) from None
+
+
+def _one_line(err: BaseException) -> str:
+    """The error's message folded onto one line and shortened (state-dict errors are long)."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 240 else text[:237] + "..."
 
 
 def plain(value: Any) -> Any:

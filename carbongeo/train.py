@@ -52,6 +52,7 @@ from carbongeo.checkpoint import (
     VERSION,
     check_compatible,
     load_checkpoint,
+    load_weights,
     plain,
     rng_state,
     save_checkpoint,
@@ -667,7 +668,7 @@ class _Trainer:
             )
 
     def _restore(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(strip_prefixes(state["model"]))
+        load_weights(self.model, state, f"delete {self.latest_path} or use --no-resume")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler") is not None:
@@ -747,6 +748,8 @@ class _Trainer:
         prog = self.partial if self.partial is not None else _Progress(epoch)
         self.partial = None
         self._step_rng = rng_state()
+        # prog.train_seconds grows inside _train_steps; only validation is added below.
+        trained_before = prog.train_seconds
         started = time.perf_counter()
         try:
             if prog.step < self.steps_per_epoch:
@@ -772,7 +775,7 @@ class _Trainer:
                     self.latest_path,
                 )
             raise
-        seconds = prog.train_seconds + time.perf_counter() - started
+        seconds = trained_before + time.perf_counter() - started
         self._end_epoch(epoch, prog, metrics, seconds)
 
     def _train_steps(self, prog: _Progress, guard: InterruptGuard) -> None:

@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -222,3 +223,27 @@ def test_empty_validation_split_falls_back_to_train(
         result = train(config, progress=False, max_steps_per_epoch=1)
     assert "no validation tiles" in caplog.text
     assert result.best_path.is_file() and math.isfinite(result.best_val_mae)
+
+
+def test_checkpoint_of_an_older_model_version_is_one_clear_error(tmp_path: Path) -> None:
+    config = make_world(tmp_path, epochs=1)
+    result = train(config, progress=False, max_steps_per_epoch=1)
+    state = load_checkpoint(result.latest_path)
+    state["model"] = {k: v for k, v in state["model"].items() if k != "aux_prior.weight"}
+    torch.save(state, result.latest_path)
+    with pytest.raises(CheckpointError, match="aux_prior.weight.*--no-resume") as info:
+        train(config, epochs=2, progress=False)
+    assert "\n" not in str(info.value)
+    with pytest.raises(CheckpointError, match="another version of the model") as info:
+        model_from_checkpoint(state)
+    assert "\n" not in str(info.value)
+
+
+def test_log_seconds_are_not_counted_twice(tmp_path: Path) -> None:
+    config = make_world(tmp_path, epochs=2)
+    started = time.perf_counter()
+    result = train(config, progress=False)
+    elapsed = time.perf_counter() - started
+    with result.log_path.open() as f:
+        total = sum(float(row["seconds"]) for row in csv.DictReader(f))
+    assert 0 < total <= elapsed

@@ -483,7 +483,8 @@ def read_valid(
         invalid |= dataset.read_masks(source.band, window=window) == 0
     if np.issubdtype(raw.dtype, np.floating) or np.issubdtype(raw.dtype, np.complexfloating):
         invalid |= ~np.isfinite(raw)
-    data = raw.astype(np.float32)
+    with np.errstate(over="ignore"):  # float64 nodata such as -DBL_MAX; masked just below
+        data = raw.astype(np.float32)
     if meta.scale != 1.0 or meta.offset != 0.0:
         data = data * np.float32(meta.scale) + np.float32(meta.offset)
     data[invalid] = np.nan
