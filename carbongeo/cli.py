@@ -435,8 +435,9 @@ def bench_command(
 
     On synthetic data: tile MB/s next to a raw rasterio read of the same files, DataLoader
     tiles/s next to training-step tiles/s (demo and full model), mosaic megapixels/s; each
-    measurement in a fresh process for a clean peak RSS. The defaults take 10-15+ minutes on 2
-    CPU cores; progress goes to stderr (-q: none).
+    measurement in a fresh process for a clean peak RSS. On 2 idle CPU cores --quick takes under
+    a minute and the defaults about 10 minutes (much longer on busy cores; --sizes 2048,4096
+    shortens the mosaic part). Progress goes to stderr (-q: none).
     """
     from carbongeo.bench import bench_settings, format_table, parse_sizes, run_bench
 
