@@ -5,7 +5,7 @@ numpy stand-in (each coarse cell spread evenly), which measures the streaming ma
 (reading, blending, mass re-projection, writing the COG and the ``.npy``) at sizes where the CPU
 model would take too long::
 
-    python benchmarks/bench_mosaic.py --sizes 2048 4096 --out /tmp/carbongeo-bench
+    python benchmarks/bench_mosaic.py --sizes 2048 4096 --out bench-scenes
     python benchmarks/bench_mosaic.py --sizes 2048 8192 --predictor fast
     python benchmarks/bench_mosaic.py --dim 16 --depth 1   # the demo-size network
 
