@@ -27,6 +27,7 @@ from rasterio.warp import Resampling, reproject, transform_bounds
 from scipy import ndimage
 
 from carbongeo.errors import ConfigError, OutputError
+from carbongeo.grid import Grid
 
 __all__ = [
     "CONFIG_NAME",
@@ -281,34 +282,19 @@ class WorldLayout:
 
 
 @dataclass(frozen=True)
-class _Grid:
-    crs: str
-    transform: Affine
-    height: int
-    width: int
-
-    @property
-    def bounds(self) -> tuple[float, float, float, float]:
-        left, top = self.transform.c, self.transform.f
-        right = left + self.width * self.transform.a
-        bottom = top + self.height * self.transform.e
-        return (left, bottom, right, top)
-
-
-@dataclass(frozen=True)
 class _Grids:
-    target: _Grid
-    coarse: _Grid
-    work: _Grid
-    ntl: _Grid
-    roads: _Grid
-    water: _Grid
-    ndvi: _Grid
-    population: _Grid
-    builtup: _Grid
-    elevation: _Grid
-    landcover: _Grid
-    dist_roads: _Grid
+    target: Grid
+    coarse: Grid
+    work: Grid
+    ntl: Grid
+    roads: Grid
+    water: Grid
+    ndvi: Grid
+    population: Grid
+    builtup: Grid
+    elevation: Grid
+    landcover: Grid
+    dist_roads: Grid
     # Position of the target's top-left pixel on the working grid.
     row0: int
     col0: int
@@ -460,25 +446,25 @@ def _trend(year: int) -> float:
 
 def _snapped_grid(
     crs: str, bounds: tuple[float, float, float, float], res: float, offset: float = 0.0
-) -> _Grid:
+) -> Grid:
     """Smallest grid of pixel size `res` (origin at `offset` modulo res) covering `bounds`."""
     left = math.floor((bounds[0] - offset) / res)
     bottom = math.floor((bounds[1] - offset) / res)
     right = math.ceil((bounds[2] - offset) / res)
     top = math.ceil((bounds[3] - offset) / res)
     transform = Affine(res, 0.0, left * res + offset, 0.0, -res, top * res + offset)
-    return _Grid(crs, transform, top - bottom, right - left)
+    return Grid(crs, transform, top - bottom, right - left)
 
 
 def _make_grids(spec: SynthSize) -> _Grids:
-    target = _Grid(
+    target = Grid(
         TARGET_CRS,
         Affine(TARGET_RES, 0.0, TARGET_X0, 0.0, -TARGET_RES, TARGET_Y0),
         spec.height,
         spec.width,
     )
     coarse_res = TARGET_RES * spec.scale
-    coarse = _Grid(
+    coarse = Grid(
         TARGET_CRS,
         Affine(coarse_res, 0.0, TARGET_X0, 0.0, -coarse_res, TARGET_Y0),
         spec.height // spec.scale,
@@ -509,7 +495,7 @@ def _make_grids(spec: SynthSize) -> _Grids:
     work_km = _snapped_grid(
         TARGET_CRS, (xmin - margin, ymin - margin, xmax + margin, ymax + margin), TARGET_RES
     )
-    work = _Grid(
+    work = Grid(
         TARGET_CRS,
         Affine(_WORK_RES, 0.0, work_km.transform.c, 0.0, -_WORK_RES, work_km.transform.f),
         work_km.height * _SUB,
@@ -609,7 +595,7 @@ def _window(
     return slice(r0, r1), slice(c0, c1), dx, dy
 
 
-def _cells(grid: _Grid, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _cells(grid: Grid, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Flat working-cell indices of points and a mask of those inside the grid."""
     cols = np.floor((x - grid.transform.c) / _WORK_RES).astype(np.int64)
     rows = np.floor((grid.transform.f - y) / _WORK_RES).astype(np.int64)
@@ -1256,7 +1242,7 @@ def _population_counts(world: _World, cities: _CityFields, rural: np.ndarray) ->
     return np.where(valid, _quantize(counts, 1.0 / 4.0), counts).astype(np.float32)
 
 
-def _geographic_cell_area_km2(grid: _Grid) -> np.ndarray:
+def _geographic_cell_area_km2(grid: Grid) -> np.ndarray:
     """Area of the cells of each row of a lon/lat grid on the authalic sphere (km2)."""
     res = grid.transform.a
     top = grid.transform.f
@@ -1268,7 +1254,7 @@ def _geographic_cell_area_km2(grid: _Grid) -> np.ndarray:
 def _reproject(
     source: np.ndarray,
     source_transform: Affine,
-    grid: _Grid,
+    grid: Grid,
     resampling: Resampling,
     nodata: float,
 ) -> np.ndarray:
@@ -1457,7 +1443,7 @@ def _block_size(height: int, width: int) -> int | None:
 
 
 def _write_raster(
-    path: Path, data: np.ndarray, grid: _Grid, *, nodata: float, units: str, description: str
+    path: Path, data: np.ndarray, grid: Grid, *, nodata: float, units: str, description: str
 ) -> None:
     """Write one band as a deflate-compressed GeoTIFF under a temporary name, then rename."""
     floating = np.issubdtype(data.dtype, np.floating)
