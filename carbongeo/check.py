@@ -15,6 +15,7 @@ import numpy as np
 
 from carbongeo.config import PipelineConfig
 from carbongeo.errors import CarbongeoError
+from carbongeo.normalization import RunningMoments
 
 PERCENTILES = (1, 50, 99)
 SAMPLE_PER_TILE = 512
@@ -30,7 +31,7 @@ class BandStats:
     nan_count: int = 0
     zero_count: int = 0
     total: float = 0.0
-    total_sq: float = 0.0
+    moments: RunningMoments = field(default_factory=lambda: RunningMoments(1))
     minimum: float = float("inf")
     maximum: float = float("-inf")
     sample: list[np.ndarray] = field(default_factory=list)
@@ -45,7 +46,7 @@ class BandStats:
         self.count += valid.size
         self.zero_count += int((valid == 0).sum())
         self.total += float(valid.sum())
-        self.total_sq += float((valid * valid).sum())
+        self.moments.update(valid[None])
         self.minimum = min(self.minimum, float(valid.min()))
         self.maximum = max(self.maximum, float(valid.max()))
         take = min(SAMPLE_PER_TILE, valid.size)
@@ -56,7 +57,7 @@ class BandStats:
         if self.count == 0:
             return {"valid_fraction": 0.0, "nan_count": self.nan_count, "count": 0}
         mean = self.total / self.count
-        std = max(self.total_sq / self.count - mean * mean, 0.0) ** 0.5
+        std = float(np.sqrt(self.moments.m2[0] / self.count))
         sample = np.concatenate(self.sample)
         out: dict[str, Any] = {
             "valid_fraction": self.count / padded_pixels,

@@ -39,7 +39,7 @@ from carbongeo.baselines import block_sum, run_baselines, unplaced_mass
 from carbongeo.config import PipelineConfig
 from carbongeo.errors import CarbongeoError
 from carbongeo.grid import Window
-from carbongeo.normalization import aux_domain
+from carbongeo.normalization import RunningMoments, aux_domain
 
 __all__ = [
     "METRICS",
@@ -200,27 +200,6 @@ def _log1p(x: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class _Moments:
-    """Count, mean and sum of squared deviations, merged tile by tile (Chan et al.)."""
-
-    n: int = 0
-    mean: float = 0.0
-    m2: float = 0.0
-
-    def add(self, values: np.ndarray) -> None:
-        n = int(values.size)
-        if n == 0:
-            return
-        mean = float(values.mean())
-        m2 = float(((values - mean) ** 2).sum())
-        total = self.n + n
-        delta = mean - self.mean
-        self.m2 += m2 + delta * delta * self.n * n / total
-        self.mean += delta * n / total
-        self.n = total
-
-
-@dataclass
 class _Sums:
     """Running float64 sums of one method over the evaluated pixels."""
 
@@ -271,8 +250,8 @@ class MetricPool:
         self.n_pixels = 0
         self.has_water = False
         self._truth: list[np.ndarray] = []
-        self._moments = _Moments()
-        self._log_moments = _Moments()
+        self._moments = RunningMoments(1)
+        self._log_moments = RunningMoments(1)
         self._truth_total = 0.0
         self._sums = {name: _Sums() for name in self.methods}
 
@@ -301,8 +280,8 @@ class MetricPool:
         t_log = _log1p(t)
         self.n_pixels += int(t.size)
         self._truth.append(t.astype(np.float32))
-        self._moments.add(t)
-        self._log_moments.add(t_log)
+        self._moments.update(t[None])
+        self._log_moments.update(t_log[None])
         self._truth_total += float(t.sum())
         zero_truth = t == 0
         on_water = None
@@ -353,8 +332,8 @@ class MetricPool:
         nan = float("nan")
         truth = np.concatenate(self._truth).astype(np.float64) if self._truth else np.zeros(0)
         n = truth.size
-        sst = self._moments.m2
-        sst_log = self._log_moments.m2
+        sst = float(self._moments.m2[0])
+        sst_log = float(self._log_moments.m2[0])
         truth_total = self._truth_total
         if hotspot_threshold is None:
             hot_truth = hotspot_mask(truth, self.hotspot_fraction)

@@ -153,8 +153,12 @@ def aux_domain(aux: np.ndarray, channel_axis: int = 0) -> np.ndarray:
     return np.isfinite(aux).any(axis=channel_axis)
 
 
-class _RunningMoments:
-    """Per-band count, mean and sum of squared deviations, merged with Chan's update."""
+class RunningMoments:
+    """Per-band count, mean and sum of squared deviations, merged with Chan's update.
+
+    Streams statistics chunk by chunk in float64 without the cancellation of sum-of-squares
+    formulas; shared by the normalisation, the data checks and the evaluation.
+    """
 
     def __init__(self, n_bands: int) -> None:
         self.count = np.zeros(n_bands, dtype=np.float64)
@@ -242,7 +246,7 @@ def compute_normalization(
     sample = _BottomKSample(sample_size, seed)
     positive_sum = 0.0
     positive_count = 0
-    moments = _RunningMoments(len(index.bands))
+    moments = RunningMoments(len(index.bands))
     for year in years:
         x_cube, y_cube = _open_year(tiles_dir, year)
         if x_cube.shape[1] != len(index.bands):

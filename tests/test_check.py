@@ -29,6 +29,7 @@ def test_statistics_match_numpy(config) -> None:
     assert stats["count"] == valid.size
     assert stats["nan_count"] == int(np.isnan(y).sum())
     assert stats["mean"] == pytest.approx(valid.mean(), rel=1e-6)
+    assert stats["std"] == pytest.approx(valid.astype(np.float64).std(), rel=1e-6)
     assert stats["max"] == pytest.approx(valid.max())
     assert stats["zero_fraction"] == pytest.approx((valid == 0).mean())
     assert stats["valid_fraction"] == pytest.approx(valid.size / y.size)
