@@ -6,7 +6,6 @@ Percentiles come from a bounded, seeded random sample of valid pixels.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import numpy as np
 from carbongeo.config import PipelineConfig
 from carbongeo.errors import CarbongeoError
 from carbongeo.normalization import RunningMoments
+from carbongeo.tiling import load_index
 
 PERCENTILES = (1, 50, 99)
 SAMPLE_PER_TILE = 512
@@ -138,12 +138,9 @@ def check_data(
         The report; nothing is written.
     """
     tiles_dir = config.tiles_dir
-    index_path = tiles_dir / "index.json"
-    if not index_path.is_file():
-        raise CarbongeoError(f"{index_path} not found; run 'carbongeo tile' first")
-    index = json.loads(index_path.read_text())
-    chosen = years if years is not None else [int(y) for y in index["years"]]
-    bands = list(index["bands"])
+    index = load_index(tiles_dir)
+    chosen = years if years is not None else list(index.years)
+    bands = list(index.bands)
     warnings: list[str] = []
     per_year: dict[int, dict[str, dict[str, Any]]] = {}
     for year in chosen:
@@ -152,8 +149,8 @@ def check_data(
             warnings.extend(_band_warnings(year, name, stats))
 
     totals: dict[str, Any] = {}
-    for year, t in index.get("totals", {}).items():
-        if int(year) not in chosen:
+    for year, t in index.totals.items():
+        if year not in chosen:
             continue
         entry = dict(t)
         source, aligned = t.get("target_source"), t.get("target_aligned")
@@ -164,7 +161,7 @@ def check_data(
                     f"{year}: target total changed by {entry['relative_difference']:.2e} in "
                     "alignment (part of the source may lie outside the grid)"
                 )
-        totals[year] = entry
+        totals[str(year)] = entry
     return CheckReport(per_year, totals, warnings)
 
 

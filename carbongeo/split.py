@@ -19,6 +19,7 @@ from typing import Any
 from carbongeo.config import PipelineConfig, SplitConfig
 from carbongeo.errors import CarbongeoError
 from carbongeo.io.atomic import write_json_atomic
+from carbongeo.tiling import load_index
 
 SPLIT_FILE = "split.json"
 
@@ -147,22 +148,17 @@ def _near(tile: dict[str, Any], others: list[tuple[int, int]], distance: int) ->
 
 def split_tiles(config: PipelineConfig) -> TileSplit:
     """Read ``tiles/index.json``, split its tiles and write ``tiles/split.json`` atomically."""
-    index_path = config.tiles_dir / "index.json"
-    if not index_path.is_file():
-        raise CarbongeoError(f"{index_path} not found; run 'carbongeo tile' first")
-    index = json.loads(index_path.read_text())
-    tile_size = int(index["grid"]["tile_size"])
+    index = load_index(config.tiles_dir)
+    holdout = config.split.holdout_year
     records = []
-    for tile in index["tiles"]:
-        fractions = tile.get("valid_fraction", {})
-        if config.split.holdout_year is not None:
-            fractions = {y: f for y, f in fractions.items() if int(y) != config.split.holdout_year}
+    for tile in index.tiles:
+        fractions = [f for y, f in tile.valid_fraction.items() if y != holdout]
         records.append(
             {
-                "id": int(tile["id"]),
-                "tile_row": int(tile["row"]) // tile_size,
-                "tile_col": int(tile["col"]) // tile_size,
-                "valid_fraction": max(fractions.values(), default=0.0),
+                "id": tile.id,
+                "tile_row": tile.row // index.tile_size,
+                "tile_col": tile.col // index.tile_size,
+                "valid_fraction": max(fractions, default=0.0),
             }
         )
     result = make_split(records, config.split)

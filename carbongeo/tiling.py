@@ -279,7 +279,7 @@ def load_index(tiles_dir: str | Path) -> TileIndex:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as err:
-        raise InputDataError(f"{path} not found; run 'carbongeo tile --config FILE' first") from err
+        raise InputDataError(f"{path} not found; run 'carbongeo tile' first") from err
     except OSError as err:
         raise InputDataError(f"{path}: cannot read ({err.strerror})") from err
     try:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
+from rasterio.transform import from_origin
 
 from carbongeo.config import SplitConfig, load_config
 from carbongeo.errors import CarbongeoError
+from carbongeo.grid import Grid
+from carbongeo.io.atomic import write_json_atomic
 from carbongeo.split import load_split, make_split, split_tiles
+from carbongeo.tiling import TileIndex, TileRecord, index_path
 
 
 def grid_tiles(rows: int, cols: int, fraction: float = 1.0) -> list[dict]:
@@ -78,19 +81,17 @@ def test_split_tiles_writes_json(tmp_path: Path) -> None:
     with pytest.raises(CarbongeoError, match="run 'carbongeo tile' first"):
         split_tiles(config)
     config.tiles_dir.mkdir(parents=True)
-    tiles = [
-        {
-            "id": r * 4 + c,
-            "row": r * 64,
-            "col": c * 64,
-            "valid_fraction": {"2014": 1.0, "2015": 0.0},
-        }
-        for r in range(4)
-        for c in range(4)
-    ]
-    (config.tiles_dir / "index.json").write_text(
-        json.dumps({"grid": {"tile_size": 64}, "tiles": tiles})
+    grid = Grid("EPSG:32650", from_origin(0.0, 0.0, 1000.0, 1000.0), 256, 256, 64, 8)
+    index = TileIndex(
+        grid=grid,
+        years=[2014, 2015],
+        bands=["a"],
+        aux=[{"name": "a", "kind": "intensive", "transform": "none", "units": ""}],
+        target={"units": "t", "kind": "extensive"},
+        has_coarse=False,
+        tiles=[TileRecord(t.id, t.row, t.col, {2014: 1.0, 2015: 0.0}) for t in grid.tiles()],
     )
+    write_json_atomic(index_path(config.tiles_dir), index.to_dict())
     result = split_tiles(config)
     again = load_split(config.tiles_dir)
     assert again == result
