@@ -1,5 +1,5 @@
 """``python -m carbongeo``: the command line (also what ``torchrun -m carbongeo`` runs)."""
 
-from carbongeo.cli import main
+from carbongeo.cli.app import main
 
 main()

@@ -6,15 +6,15 @@ end, unless ``out`` is given: then the scenes are kept there and reused by the n
 * **tile**: for each scene side, a target in UTM (copied onto the grid), an intensive aux band in
   EPSG:4326 (warped) and an extensive one at half the resolution (split by area), as tiled,
   DEFLATE-compressed GeoTIFFs. Two measurements, each in a fresh process: a raw rasterio read of
-  every source in 1024-pixel windows (the I/O floor) and :func:`carbongeo.tiling.tile_years` for
+  every source in 1024-pixel windows (the I/O floor) and :func:`carbongeo.stages.tile.tile_years` for
   one year. Throughput is in MB/s of uncompressed source data.
 * **train**: tile cubes (9 aux bands, ``tile_size`` 128, ``scale`` 8, three years); tiles per
-  second of the :class:`~carbongeo.data.CubeDataset` DataLoader (after a warm-up pass) for each
+  second of the :class:`~carbongeo.training.data.CubeDataset` DataLoader (after a warm-up pass) for each
   number of workers, and of the training step (forward, loss, backward, clip, AdamW) on a batch
   already in memory, for the demo-size and the full-size model. The loader is not the bottleneck
   when its rate exceeds the step rate.
 * **mosaic**: tile cubes, index and a small untrained checkpoint for each scene side;
-  :func:`carbongeo.mosaic.mosaic_years` in a fresh process, in megapixels per second.
+  :func:`carbongeo.stages.mosaic.mosaic_years` in a fresh process, in megapixels per second.
 
 Peak memory: every measurement runs in its own ``python -m carbongeo.bench _worker ...`` process,
 which reports its ``ru_maxrss``. On Linux a new process starts with the high-water mark of the one
@@ -85,8 +85,8 @@ class BenchSettings:
         mosaic_predictor: ``model`` (the network) or ``fast`` (a numpy stand-in that measures the
             streaming machinery alone).
         device: ``auto``, ``cpu`` or ``cuda``, for the training step and the mosaic.
-        tile_workers: ``workers`` of :func:`~carbongeo.tiling.tile_years` (default: threads).
-        tile_scheduler: ``scheduler`` of :func:`~carbongeo.tiling.tile_years`.
+        tile_workers: ``workers`` of :func:`~carbongeo.stages.tile.tile_years` (default: threads).
+        tile_scheduler: ``scheduler`` of :func:`~carbongeo.stages.tile.tile_years`.
         threads: torch intra-op threads of the train worker (default: torch's choice).
         stages: Stages to run, among ``tile``, ``train``, ``mosaic``.
         quick: Informational: the settings came from ``--quick``.
@@ -705,7 +705,7 @@ def _worker_read(params: dict[str, Any]) -> dict[str, Any]:
 
 def _worker_tile(params: dict[str, Any]) -> dict[str, Any]:
     from carbongeo.config import load_config
-    from carbongeo.tiling import tile_years
+    from carbongeo.stages.tile import tile_years
 
     config = load_config(Path(params["scene"]) / "carbongeo.toml")
     shutil.rmtree(config.tiles_dir, ignore_errors=True)
@@ -769,7 +769,7 @@ def _write_index(tiles_dir: Path, grid: Any, years: Sequence[int], n_tiles: int)
     """Write ``index.json`` for the first ``n_tiles`` tiles of ``grid`` (the cubes' rows)."""
     from itertools import islice
 
-    from carbongeo.tiling import TileIndex, TileRecord, index_path
+    from carbongeo.stages.tile import TileIndex, TileRecord, index_path
 
     index = TileIndex(
         grid=grid,
@@ -811,9 +811,9 @@ def step_rate(
     import torch
     from torch.utils.data import DataLoader
 
-    from carbongeo.losses import HybridLoss
+    from carbongeo.models.losses import HybridLoss
     from carbongeo.models.network import DSTCarbonFormer, count_parameters
-    from carbongeo.train import select_amp
+    from carbongeo.stages.train import select_amp
 
     torch.manual_seed(0)
     norm = data.norm
@@ -851,8 +851,8 @@ def step_rate(
 def _worker_train(params: dict[str, Any]) -> dict[str, Any]:
     import torch
 
-    from carbongeo.data import CubeDataset
-    from carbongeo.normalization import compute_normalization
+    from carbongeo.training.data import CubeDataset
+    from carbongeo.training.normalization import compute_normalization
 
     if params.get("threads"):
         torch.set_num_threads(int(params["threads"]))
@@ -899,11 +899,11 @@ def make_mosaic_scene(folder: Path, size: int, dim: int = 8, depth: int = 1, see
     import numpy as np
     import torch
 
-    from carbongeo.checkpoint import FORMAT, VERSION, plain, save_checkpoint
+    from carbongeo.store.checkpoint import FORMAT, VERSION, plain, save_checkpoint
     from carbongeo.config import load_config
     from carbongeo.models.network import DSTCarbonFormer
-    from carbongeo.normalization import Normalization
-    from carbongeo.tiling import cube_path, index_path
+    from carbongeo.training.normalization import Normalization
+    from carbongeo.stages.tile import cube_path, index_path
 
     config_path = folder / "carbongeo.toml"
     aux_tables = "\n".join(
@@ -994,7 +994,7 @@ def fast_predictor(model: Any, device: Any = "cpu") -> Any:
 
 
 def _worker_mosaic(params: dict[str, Any]) -> dict[str, Any]:
-    import carbongeo.mosaic as mosaic
+    import carbongeo.stages.mosaic as mosaic
     from carbongeo.config import load_config
 
     if params["predictor"] == "fast":

@@ -51,13 +51,13 @@ def run_demo(
     Returns:
         Paths of the outputs and the evaluation summary.
     """
-    from carbongeo.evaluate import evaluate
-    from carbongeo.mosaic import mosaic_years
-    from carbongeo.split import split_tiles
+    from carbongeo.stages.evaluate import evaluate
+    from carbongeo.stages.mosaic import mosaic_years
+    from carbongeo.stages.split import split_tiles
     from carbongeo.synth import generate_world
-    from carbongeo.tiling import tile_years
-    from carbongeo.train import train
-    from carbongeo.viz import preview
+    from carbongeo.stages.tile import tile_years
+    from carbongeo.stages.train import train
+    from carbongeo.stages.preview import preview
 
     seconds: dict[str, float] = {}
 

@@ -97,7 +97,7 @@ def write_cubes(
 def write_split(
     tiles_dir: Path, train: list[int], val: list[int], holdout_year: int | None = None
 ) -> None:
-    """Write ``split.json`` in the format of :mod:`carbongeo.split`."""
+    """Write ``split.json`` in the format of :mod:`carbongeo.stages.split`."""
     split = {
         "version": 1,
         "train": train,

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from carbongeo.bench import bench_settings, format_table, parse_sizes, run_bench
-from carbongeo.cli import main
+from carbongeo.cli.app import main
 from carbongeo.errors import CarbongeoError
 
 

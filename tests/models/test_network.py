@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from carbongeo.losses import HybridLoss
+from carbongeo.models.losses import HybridLoss
 from carbongeo.models import DSTCarbonFormer, block_sum, count_parameters
 
 TINY = {"dim": 8, "depth": 1}

@@ -1,0 +1,1 @@
+"""Scoring: metrics, baselines and the evaluation report."""

@@ -1,0 +1,1 @@
+"""The pipeline stages, in order: each module orchestrates one command."""

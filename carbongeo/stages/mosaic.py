@@ -1,0 +1,899 @@
+"""Streaming mosaic: seamless, mass-conserving, georeferenced predictions of whole scenes.
+
+The scene is covered by overlapping ``tile_size`` windows (``Grid.sliding_windows``), predicted
+in batches and blended with smooth weights: a Hann (raised-cosine) ramp over the overlap on every
+interior window edge and full weight on edges that touch the scene border, so every pixel has a
+positive total weight and opposite ramps sum to one. ``sum(w * p)`` and ``sum(w)`` are accumulated
+in a strip of rows as wide as the scene and only as tall as the windows being processed; rows that
+no later window touches (always whole coarse cells) are normalised, re-projected onto the coarse
+field so that every coarse cell of the output sums to its coarse total, and handed to the writers.
+Memory is therefore flat in the scene area (it grows with the scene width only).
+
+A pixel is nodata (NaN) when it lies outside the scene, when no aux band of the centre year has
+data there (:func:`carbongeo.training.normalization.aux_domain`), or when its coarse cell is nodata;
+nodata pixels carry no mass.
+
+:func:`predict_scene` is the pure streaming core: it takes any predict function, any window reader
+and any row sink. :func:`mosaic_years` wires it to the tile cubes, a checkpoint and the outputs
+``predictions/Pred_<year>.tif`` (a COG) and ``predictions/Pred_<year>.npy``, both published
+atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from carbongeo.store.checkpoint import check_compatible, load_checkpoint, model_from_checkpoint
+from carbongeo.training.data import window_years
+from carbongeo.device import resolve_device
+from carbongeo.errors import CarbongeoError, CheckpointError
+from carbongeo.grid import Grid, Window
+from carbongeo.io.atomic import commit, output_error, remove_quietly, remove_stale_temps, temp_path
+from carbongeo.io.cog import COGWriter
+from carbongeo.training.normalization import Normalization, aux_domain
+from carbongeo.stages.tile import TileIndex, cube_path, load_index, read_window
+
+if TYPE_CHECKING:
+    from carbongeo.config import PipelineConfig
+    from carbongeo.models.network import DSTCarbonFormer
+
+log = logging.getLogger(__name__)
+
+Predictor = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""``predict(aux [B, C, T, h, w], coarse [B, 1, T, h/s, w/s]) -> [B, h, w]`` (or ``[B, 1, h, w]``).
+
+``aux`` is normalised with nodata set to 0; ``coarse`` is in physical units with nodata set to 0;
+the result is the centre year in physical units.
+"""
+
+RowSink = Callable[[np.ndarray], None]
+"""Receives the finished output rows ``[n, width]`` (float32, NaN = nodata), top to bottom."""
+
+
+@dataclass(frozen=True)
+class WindowBatch:
+    """Model inputs and masks of a batch of windows.
+
+    Attributes:
+        aux: float32 ``[B, C, T, h, w]``, normalised, nodata set to 0.
+        coarse: float32 ``[B, 1, T, h/s, w/s]``, physical units, nodata set to 0.
+        valid: bool ``[B, h, w]``, True inside the aux domain of the centre year.
+        mass: float32 ``[B, h/s, w/s]``, the centre year's coarse totals the output must match,
+            NaN where the coarse cell is nodata.
+    """
+
+    aux: np.ndarray
+    coarse: np.ndarray
+    valid: np.ndarray
+    mass: np.ndarray
+
+
+WindowReader = Callable[[Sequence[Window]], WindowBatch]
+"""Reads the :class:`WindowBatch` of a list of windows (called from a background thread)."""
+
+
+@dataclass
+class SceneStats:
+    """What :func:`predict_scene` measured while streaming a scene.
+
+    Attributes:
+        windows: Windows predicted.
+        pixels: Scene pixels written (``height * width``).
+        valid_pixels: Pixels with a value (not nodata).
+        seconds: Wall time of the whole scene, reading and writing included.
+        coarse_mass: Total of the positive coarse cells.
+        unplaced_mass: Total of the positive coarse cells without a single valid pixel, which the
+            output cannot carry.
+        worst_cell_rel_error: Largest ``|sum(output) - coarse| / coarse`` over the coarse cells
+            with a positive total and at least one valid pixel (0.0 when there is none).
+    """
+
+    windows: int = 0
+    pixels: int = 0
+    valid_pixels: int = 0
+    seconds: float = 0.0
+    coarse_mass: float = 0.0
+    unplaced_mass: float = 0.0
+    worst_cell_rel_error: float = 0.0
+
+    @property
+    def megapixels_per_s(self) -> float:
+        """Scene throughput in megapixels per second."""
+        return self.pixels / 1e6 / self.seconds if self.seconds > 0 else math.inf
+
+
+# --------------------------------------------------------------------------- blending weights
+def hann_ramp(length: int) -> np.ndarray:
+    """A rising raised-cosine ramp of ``length`` values strictly between 0 and 1.
+
+    ``ramp[i] = (1 - cos(pi * (i + 1) / (length + 1))) / 2``, so a ramp and the same ramp reversed
+    sum to exactly one at every position: two windows that overlap by ``length`` pixels blend to
+    weights that sum to one, and no pixel gets zero weight.
+    """
+    i = np.arange(1, length + 1, dtype=np.float64)
+    return (0.5 - 0.5 * np.cos(np.pi * i / (length + 1))).astype(np.float32)
+
+
+def axis_profiles(starts: Sequence[int], size: int) -> dict[int, np.ndarray]:
+    """1-D blending weights of windows of ``size`` pixels starting at ``starts`` along one axis.
+
+    An edge shared with the previous (next) window gets a rising (falling) Hann ramp as long as
+    the overlap between the two; the first and last edges touch the scene border and keep weight
+    one. Ramps are capped at half the window, so the two ramps of one window never cross.
+
+    Args:
+        starts: Sorted, distinct window offsets along the axis.
+        size: Window side in pixels.
+
+    Returns:
+        ``{start: weights}`` with float32 weights of length ``size``, all in ``(0, 1]``.
+    """
+    starts = sorted(set(starts))
+    profiles: dict[int, np.ndarray] = {}
+    for i, start in enumerate(starts):
+        profile = np.ones(size, dtype=np.float32)
+        if i > 0:
+            rise = min(starts[i - 1] + size - start, size // 2)
+            if rise > 0:
+                profile[:rise] *= hann_ramp(rise)
+        if i + 1 < len(starts):
+            fall = min(start + size - starts[i + 1], size // 2)
+            if fall > 0:
+                profile[size - fall :] *= hann_ramp(fall)[::-1]
+        profiles[start] = profile
+    return profiles
+
+
+def blend_profiles(
+    windows: Sequence[Window], size: int
+) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+    """Row and column blending profiles of a window grid; a window's weight is their outer product.
+
+    Args:
+        windows: The windows of :meth:`Grid.sliding_windows` (a regular grid of offsets).
+        size: Window side in pixels.
+
+    Returns:
+        ``(rows, cols)``: ``rows[window.row]`` and ``cols[window.col]`` are 1-D weights.
+    """
+    rows = axis_profiles([w.row for w in windows], size)
+    cols = axis_profiles([w.col for w in windows], size)
+    return rows, cols
+
+
+# --------------------------------------------------------------------------- mass re-projection
+def _block_sum(x: np.ndarray, scale: int) -> np.ndarray:
+    h, w = x.shape
+    return x.reshape(h // scale, scale, w // scale, scale).sum(axis=(1, 3), dtype=np.float64)
+
+
+def _upsample(x: np.ndarray, scale: int) -> np.ndarray:
+    return np.repeat(np.repeat(x, scale, axis=0), scale, axis=1)
+
+
+def reproject_mass(
+    pred: np.ndarray, valid: np.ndarray, coarse: np.ndarray, scale: int
+) -> np.ndarray:
+    """Rescale a fine field so that its valid pixels sum to the coarse total of every cell.
+
+    This is the rule of :func:`carbongeo.models.constraints.mass_conserve` restricted to valid
+    pixels: the prediction only decides how each cell's mass is shared among the cell's valid
+    pixels (weights ``max(pred, 0)``, non-finite as 0), and a cell whose valid pixels all have
+    zero weight shares its mass equally among them. Nodata pixels carry no mass; a cell without a
+    valid pixel cannot carry its mass (it is reported by :func:`mass_errors`). It works in float64
+    numpy on a whole strip at a time (a strip is numpy already, and this avoids the many full-size
+    passes and thread synchronisations of the tensor version on the CPU).
+
+    Args:
+        pred: Fine prediction ``[H, W]``, ``H`` and ``W`` multiples of ``scale``.
+        valid: bool ``[H, W]``, pixels that may carry mass.
+        coarse: Coarse totals ``[H / scale, W / scale]``; NaN counts as 0.
+        scale: Fine pixels per coarse cell side.
+
+    Returns:
+        float64 ``[H, W]``: the conserved field, NaN where ``valid`` is False.
+    """
+    h, w = pred.shape
+    usable = valid & np.isfinite(pred) & (pred > 0)
+    weights = np.where(usable, pred, 0.0).astype(np.float64)
+    starving = (_block_sum(weights, scale) <= 0) & (_block_sum(valid, scale) > 0)
+    weights = np.where(valid & _upsample(starving, scale), 1.0, weights)
+    totals = _block_sum(weights, scale)
+    mass = np.nan_to_num(coarse.astype(np.float64), nan=0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(totals > 0, mass / totals, 0.0)
+    blocks = weights.reshape(h // scale, scale, w // scale, scale) * ratio[:, None, :, None]
+    return np.where(valid, blocks.reshape(h, w), np.nan)
+
+
+def mass_errors(out: np.ndarray, coarse: np.ndarray, scale: int) -> tuple[float, float, float, int]:
+    """Compare the block sums of a fine field with the coarse totals.
+
+    Args:
+        out: Fine field ``[H, W]``, NaN = nodata.
+        coarse: Coarse totals ``[H / scale, W / scale]``, NaN = nodata.
+        scale: Fine pixels per coarse cell side.
+
+    Returns:
+        ``(worst relative error, positive coarse mass, unplaced mass, valid pixels)``: the worst
+        error is over cells with a positive total and at least one valid pixel; the unplaced mass
+        is the total of positive cells without a valid pixel.
+    """
+    valid = np.isfinite(out)
+    sums = _block_sum(np.where(valid, out, 0.0), scale)
+    count = _block_sum(valid, scale)
+    coarse = coarse.astype(np.float64)
+    positive = np.isfinite(coarse) & (coarse > 0)
+    checked = positive & (count > 0)
+    worst = float(np.max(np.abs(sums[checked] - coarse[checked]) / coarse[checked], initial=0.0))
+    unplaced = float(coarse[positive & (count == 0)].sum())
+    return worst, float(coarse[positive].sum()), unplaced, int(valid.sum())
+
+
+# --------------------------------------------------------------------------- the strip
+class _Strip:
+    """Accumulators for a band of rows as wide as the scene, starting at row ``top``."""
+
+    def __init__(self, width: int, scale: int) -> None:
+        self.width = width
+        self.scale = scale
+        self.top = 0
+        self.weighted = np.zeros((0, width), dtype=np.float32)
+        self.weight = np.zeros((0, width), dtype=np.float32)
+        self.valid = np.zeros((0, width), dtype=bool)
+        self.mass = np.full((0, width // scale), np.nan, dtype=np.float32)
+
+    def _reserve(self, bottom: int) -> None:
+        rows = bottom - self.top
+        if rows <= self.weighted.shape[0]:
+            return
+        extra = rows - self.weighted.shape[0]
+        self.weighted = np.concatenate([self.weighted, np.zeros((extra, self.width), np.float32)])
+        self.weight = np.concatenate([self.weight, np.zeros((extra, self.width), np.float32)])
+        self.valid = np.concatenate([self.valid, np.zeros((extra, self.width), bool)])
+        cells = np.full((extra // self.scale, self.width // self.scale), np.nan, np.float32)
+        self.mass = np.concatenate([self.mass, cells])
+
+    def add(
+        self,
+        window: Window,
+        pred: np.ndarray,
+        weight: np.ndarray,
+        valid: np.ndarray,
+        mass: np.ndarray,
+    ) -> None:
+        """Accumulate one window; ``valid`` and ``mass`` agree between windows, so they are set."""
+        if window.row < self.top:
+            raise ValueError(f"window at row {window.row} is above the flushed rows ({self.top})")
+        self._reserve(window.row + window.height)
+        rows = slice(window.row - self.top, window.row - self.top + window.height)
+        cols = slice(window.col, window.col + window.width)
+        self.weighted[rows, cols] += weight * pred
+        self.weight[rows, cols] += weight
+        self.valid[rows, cols] = valid
+        s = self.scale
+        cell_rows = slice(rows.start // s, rows.stop // s)
+        self.mass[cell_rows, window.col // s : (window.col + window.width) // s] = mass
+
+    def pop(self, bottom: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Remove rows ``[top, bottom)``; returns their blended values, validity, coarse cells."""
+        n = bottom - self.top
+        self._reserve(bottom)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            blended = self.weighted[:n] / self.weight[:n]
+        valid = self.valid[:n] & (self.weight[:n] > 0)
+        mass = self.mass[: n // self.scale].copy()
+        for array in (self.weighted, self.weight, self.valid):
+            array[: -n or None] = array[n:]  # numpy copies overlapping ranges correctly
+            array[array.shape[0] - n :] = 0
+        cells = n // self.scale
+        self.mass[: self.mass.shape[0] - cells] = self.mass[cells:]
+        self.mass[self.mass.shape[0] - cells :] = np.nan
+        self.top = bottom
+        return blended, valid, mass
+
+
+# --------------------------------------------------------------------------- the streaming core
+_EMIT_COLUMNS = 2048  # about this many pixels per column chunk of a finished strip
+
+
+def predict_scene(
+    predict: Predictor,
+    read: WindowReader,
+    grid: Grid,
+    sink: RowSink,
+    *,
+    overlap: int,
+    batch_size: int = 8,
+    window_size: int | None = None,
+    conserve_mass: bool = True,
+    progress: bool = False,
+    desc: str = "mosaic",
+) -> SceneStats:
+    """Predict a whole scene window by window and stream the blended rows to ``sink``.
+
+    Windows come from ``grid.sliding_windows(window_size, overlap)`` in row-major order; the next
+    batch is read in a background thread while the current one is predicted. A pixel is valid
+    (not NaN) when it lies inside the scene, every aux band of the centre year is present and its
+    coarse cell is not nodata. With ``conserve_mass`` every coarse cell of the output sums to its
+    coarse total (see :func:`reproject_mass`).
+
+    Args:
+        predict: The model as a function of numpy batches (see :data:`Predictor`).
+        read: Reads the inputs of a batch of windows (see :data:`WindowReader`).
+        grid: The scene grid.
+        sink: Receives the output rows top to bottom, cropped to the scene width.
+        overlap: Overlap of neighbouring windows in pixels (the stride is snapped to the scale).
+        batch_size: Windows per call of ``predict``.
+        window_size: Window side; defaults to ``grid.tile_size``.
+        conserve_mass: Re-project the blended rows onto the coarse totals.
+        progress: Show a progress bar over windows on stderr.
+        desc: Label of the progress bar.
+
+    Returns:
+        Statistics of the run, including the worst coarse-cell relative error of the output.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    size = window_size or grid.tile_size
+    s = grid.scale
+    start_time = time.perf_counter()
+    windows = grid.sliding_windows(size, overlap)
+    row_profiles, col_profiles = blend_profiles(windows, size)
+    extent_rows = max(w.row + w.height for w in windows)
+    extent_cols = max(w.col + w.width for w in windows)
+    strip = _Strip(extent_cols, s)
+    batches = [windows[i : i + batch_size] for i in range(0, len(windows), batch_size)]
+    stats = SceneStats(windows=len(windows), pixels=grid.height * grid.width)
+    inside_cols = np.arange(extent_cols) < grid.width
+    chunk = s * max(_EMIT_COLUMNS // s, 1)  # whole coarse cells
+
+    def emit(bottom: int) -> None:
+        top = strip.top
+        blended, valid, mass = strip.pop(bottom)
+        inside_rows = np.arange(top, bottom) < grid.height
+        valid &= inside_rows[:, None] & inside_cols[None, :]
+        valid &= _upsample(np.isfinite(mass), s)
+        out = np.empty(blended.shape, dtype=np.float32)
+        # Column chunks of whole cells bound the float64 temporaries of the re-projection.
+        for c0 in range(0, extent_cols, chunk):
+            cols = slice(c0, min(c0 + chunk, extent_cols))
+            cells = slice(cols.start // s, cols.stop // s)
+            if conserve_mass:
+                out[:, cols] = reproject_mass(blended[:, cols], valid[:, cols], mass[:, cells], s)
+            else:
+                out[:, cols] = np.where(valid[:, cols], blended[:, cols], np.nan)
+            worst, coarse_mass, unplaced, n_valid = mass_errors(out[:, cols], mass[:, cells], s)
+            stats.worst_cell_rel_error = max(stats.worst_cell_rel_error, worst)
+            stats.coarse_mass += coarse_mass
+            stats.unplaced_mass += unplaced
+            stats.valid_pixels += n_valid
+        rows = min(bottom, grid.height) - top
+        if rows > 0:
+            sink(np.ascontiguousarray(out[:rows, : grid.width]))
+
+    with (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="mosaic-read") as pool,
+        tqdm(
+            total=len(windows),
+            desc=desc,
+            unit="win",
+            file=sys.stderr,
+            disable=not progress,
+            dynamic_ncols=True,
+        ) as bar,
+    ):
+        pending = pool.submit(read, batches[0])
+        for k, batch in enumerate(batches):
+            inputs = pending.result()
+            if k + 1 < len(batches):
+                pending = pool.submit(read, batches[k + 1])
+            preds = np.asarray(predict(inputs.aux, inputs.coarse), dtype=np.float32)
+            preds = preds.reshape(len(batch), size, size)
+            for i, window in enumerate(batch):
+                weight = np.outer(row_profiles[window.row], col_profiles[window.col])
+                strip.add(window, preds[i], weight, inputs.valid[i], inputs.mass[i])
+            bar.update(len(batch))
+            done = batches[k + 1][0].row if k + 1 < len(batches) else extent_rows
+            if done > strip.top:
+                emit(done)
+    stats.seconds = time.perf_counter() - start_time
+    return stats
+
+
+# --------------------------------------------------------------------------- model and inputs
+def torch_predictor(model: torch.nn.Module, device: torch.device | str = "cpu") -> Predictor:
+    """Wrap a network ``model(aux, coarse) -> [B, 1, H, W]`` as a :data:`Predictor`.
+
+    The model runs in eval mode under ``torch.inference_mode``, with autocast (bf16, or fp16 on
+    GPUs without bf16) on CUDA only; the output is returned as float32 on the CPU.
+    """
+    device = torch.device(device)
+    model = model.to(device).eval()
+    amp_dtype = None
+    if device.type == "cuda":
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    def predict(aux: np.ndarray, coarse: np.ndarray) -> np.ndarray:
+        non_blocking = device.type == "cuda"
+        with (
+            torch.inference_mode(),
+            torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None),
+        ):
+            aux_t = torch.from_numpy(aux).to(device, non_blocking=non_blocking)
+            coarse_t = torch.from_numpy(coarse).to(device, non_blocking=non_blocking)
+            out = model(aux_t, coarse_t)
+        return out.float().cpu().numpy()
+
+    return predict
+
+
+def coarse_from_fine(fine: np.ndarray, scale: int) -> np.ndarray:
+    """Sum ``[..., H, W]`` over ``scale`` blocks; NaN counts as 0 and all-NaN blocks are NaN."""
+    h, w = fine.shape[-2:]
+    blocks = fine.reshape(*fine.shape[:-2], h // scale, scale, w // scale, scale)
+    sums = np.nansum(blocks, axis=(-3, -1), dtype=np.float64).astype(np.float32)
+    sums[np.isnan(blocks).all(axis=(-3, -1))] = np.nan
+    return sums
+
+
+@dataclass(frozen=True)
+class CubeReader:
+    """A :data:`WindowReader` over the tile cubes of one centre year (picklable).
+
+    The cubes are memory-mapped afresh for every batch, so the pages read are released with the
+    batch and the process does not accumulate the whole cube in its resident memory.
+
+    Attributes:
+        tiles_dir: Folder with ``index.json`` and the cubes.
+        grid: The grid of the tiles.
+        norm: Aux normalisation of the checkpoint.
+        years: The input years in order (their centre is the predicted year); repeated years are
+            read once.
+        has_coarse: Read the coarse field from ``C_<year>.npy`` (a real coarse product) instead of
+            summing the target ``Y_<year>.npy`` over coarse cells.
+    """
+
+    tiles_dir: Path
+    grid: Grid
+    norm: Normalization
+    years: tuple[int, ...]
+    has_coarse: bool
+
+    def __call__(self, windows: Sequence[Window]) -> WindowBatch:
+        s = self.grid.scale
+        distinct = sorted(set(self.years))
+        aux_cubes = {y: np.load(cube_path(self.tiles_dir, "X", y), mmap_mode="r") for y in distinct}
+        kind = "C" if self.has_coarse else "Y"
+        coarse_cubes = {
+            y: np.load(cube_path(self.tiles_dir, kind, y), mmap_mode="r") for y in distinct
+        }
+        centre = len(self.years) // 2
+        aux_batch, coarse_batch = [], []
+        for window in windows:
+            aux_year = {y: read_window(aux_cubes[y], self.grid, window) for y in distinct}
+            if self.has_coarse:
+                cells = Window(
+                    window.row // s, window.col // s, window.height // s, window.width // s
+                )
+                # C cubes are tiled like the fine grid, with tile_size / scale cells per tile.
+                coarse_year = {y: read_window(coarse_cubes[y], self.grid, cells) for y in distinct}
+            else:
+                coarse_year = {
+                    y: coarse_from_fine(read_window(coarse_cubes[y], self.grid, window), s)
+                    for y in distinct
+                }
+            aux_batch.append(np.stack([aux_year[y] for y in self.years], axis=1))
+            coarse_batch.append(np.stack([coarse_year[y] for y in self.years], axis=1))
+        aux = np.stack(aux_batch).astype(np.float32, copy=False)  # [B, C, T, h, w]
+        coarse = np.stack(coarse_batch).astype(np.float32, copy=False)  # [B, 1, T, h/s, w/s]
+        valid = aux_domain(aux[:, :, centre], channel_axis=1)
+        mass = coarse[:, 0, centre].copy()
+        return WindowBatch(
+            aux=self.norm.normalize_aux(aux, channel_axis=1),
+            coarse=np.nan_to_num(coarse, nan=0.0, posinf=0.0, neginf=0.0),
+            valid=valid,
+            mass=mass,
+        )
+
+
+# --------------------------------------------------------------------------- outputs
+class _NpyRows:
+    """Write a float32 ``[height, width]`` ``.npy`` row block by row block under a temporary name.
+
+    The header is written first and rows are appended in order, so nothing of the array is held
+    or memory-mapped; :meth:`publish` renames the finished file.
+    """
+
+    def __init__(self, path: Path, height: int, width: int) -> None:
+        self.path = path
+        self.height = height
+        self.width = width
+        self.rows = 0
+        self._tmp = temp_path(path)
+        self._file = open(self._tmp, "wb")  # noqa: SIM115 - closed in publish/abort
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False}
+        np.lib.format.write_array_header_1_0(self._file, {**header, "shape": (height, width)})
+
+    def write_rows(self, rows: np.ndarray) -> None:
+        self._file.write(np.ascontiguousarray(rows, dtype="<f4").data)
+        self.rows += rows.shape[0]
+
+    def finish(self) -> None:
+        if self.rows != self.height:
+            raise ValueError(f"{self.path}: only {self.rows} of {self.height} rows were written")
+        self._file.close()
+
+    def publish(self) -> None:
+        commit(self._tmp, self.path)
+
+    def abort(self) -> None:
+        self._file.close()
+        remove_quietly(self._tmp)
+
+
+@contextmanager
+def _prediction_outputs(
+    tif_path: Path, npy_path: Path, grid: Grid, tags: dict[str, str], units: str
+) -> Iterator[tuple[RowSink, COGWriter]]:
+    """Open ``Pred_<year>.tif`` and ``.npy`` for streaming; publish both only on success."""
+    for path in (tif_path, npy_path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(tif_path.parent)
+    tif = COGWriter(
+        tif_path,
+        crs=grid.crs,
+        transform=grid.transform,
+        height=grid.height,
+        width=grid.width,
+        dtype="float32",
+        nodata=math.nan,
+        tags=tags,
+        description=f"CO2 emissions {units}".strip(),
+        units=units or None,
+    )
+    tif.open()
+    try:
+        npy = _NpyRows(npy_path, grid.height, grid.width)
+    except OSError as err:
+        tif.abort()
+        raise output_error(npy_path, err) from err
+
+    def sink(rows: np.ndarray) -> None:
+        tif.write_rows(rows)
+        npy.write_rows(rows)
+
+    published: list[Path] = []
+    try:
+        yield sink, tif
+        tif.finish()
+        npy.finish()
+        npy.publish()
+        published.append(npy_path)
+        tif.publish()
+    except BaseException as err:
+        tif.abort()
+        npy.abort()
+        for path in published:  # never leave one file of the pair
+            remove_quietly(path)
+        if isinstance(err, OSError):
+            raise output_error(npy_path, err) from err
+        raise
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- years
+@dataclass(frozen=True)
+class MosaicResult:
+    """The outcome of one year of :func:`mosaic_years`.
+
+    Attributes:
+        year: The predicted year.
+        tif_path: ``predictions/Pred_<year>.tif``.
+        npy_path: ``predictions/Pred_<year>.npy``.
+        skipped: True when both outputs existed and were kept (no ``overwrite``).
+        worst_cell_rel_error: Largest relative block-sum error over positive coarse cells.
+        coarse_mass: Total of the positive coarse cells.
+        unplaced_mass: Coarse mass over cells without a valid pixel (not in the output).
+        valid_pixels: Pixels with a value.
+        windows: Windows predicted.
+        seconds: Wall time of the year, writing included.
+        megapixels_per_s: Scene megapixels per second.
+    """
+
+    year: int
+    tif_path: Path
+    npy_path: Path
+    skipped: bool = False
+    worst_cell_rel_error: float | None = None
+    coarse_mass: float | None = None
+    unplaced_mass: float | None = None
+    valid_pixels: int | None = None
+    windows: int = 0
+    seconds: float = 0.0
+    megapixels_per_s: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (paths as strings)."""
+        data = asdict(self)
+        data["tif_path"] = str(self.tif_path)
+        data["npy_path"] = str(self.npy_path)
+        return data
+
+
+def prediction_paths(config: PipelineConfig, year: int) -> tuple[Path, Path]:
+    """``(Pred_<year>.tif, Pred_<year>.npy)`` under ``config.predictions_dir``."""
+    folder = config.predictions_dir
+    return folder / f"Pred_{year}.tif", folder / f"Pred_{year}.npy"
+
+
+def input_years(index: TileIndex, year: int, temporal: int) -> tuple[int, ...]:
+    """The ``temporal`` input years centred on ``year``, ends replicating the nearest tiled year.
+
+    Raises:
+        CarbongeoError: ``year`` is not tiled.
+    """
+    tiled = sorted(int(y) for y in index.years)
+    if year not in tiled:
+        raise CarbongeoError(f"year {year} has not been tiled; run: carbongeo tile --year {year}")
+    return tuple(window_years(year, temporal, tiled[0], tiled[-1]))
+
+
+def _check_cubes(tiles_dir: Path, years: Sequence[int], has_coarse: bool) -> None:
+    for year in sorted(set(years)):
+        for kind in ("X", "C" if has_coarse else "Y"):
+            path = cube_path(tiles_dir, kind, year)
+            if not path.is_file():
+                raise CarbongeoError(
+                    f"{path.name} is missing from {tiles_dir}; run: carbongeo tile --year {year}"
+                )
+
+
+@dataclass(frozen=True)
+class _Job:
+    """Everything one year needs besides the model (picklable, for dask tasks)."""
+
+    config: PipelineConfig
+    year: int
+    checkpoint: Path
+    model_id: str
+    overlap: int
+    batch_size: int
+    device: str
+    threads: int
+
+
+def _run_year(
+    job: _Job,
+    index: TileIndex,
+    model: DSTCarbonFormer,
+    norm: Normalization,
+    state: dict[str, Any],
+    *,
+    progress: bool,
+) -> MosaicResult:
+    from carbongeo import __version__
+
+    config = job.config
+    grid = index.grid
+    years = input_years(index, job.year, model.temporal)
+    _check_cubes(config.tiles_dir, years, index.has_coarse)
+    reader = CubeReader(config.tiles_dir, grid, norm, years, index.has_coarse)
+    predict = torch_predictor(model, resolve_device(job.device))
+    units = index.target.get("units") or config.target.units
+    tags = {
+        "units": units,
+        "year": str(job.year),
+        "model_id": job.model_id,
+        "checkpoint": job.checkpoint.name,
+        "config_hash": config.data_hash(),
+        "training_data_hash": str(state.get("data_hash", "")),
+        "carbongeo_version": __version__,
+        "scale": str(grid.scale),
+        "tile_size": str(grid.tile_size),
+        "overlap": str(job.overlap),
+        "input_years": ",".join(str(y) for y in years),
+        "TIFFTAG_SOFTWARE": f"carbongeo {__version__}",
+    }
+    tif_path, npy_path = prediction_paths(config, job.year)
+    with _prediction_outputs(tif_path, npy_path, grid, tags, units) as (sink, tif):
+        stats = predict_scene(
+            predict,
+            reader,
+            grid,
+            sink,
+            overlap=job.overlap,
+            batch_size=job.batch_size,
+            progress=progress,
+            desc=f"mosaic {job.year}",
+        )
+        tif.update_tags(
+            mass_worst_cell_rel_error=f"{stats.worst_cell_rel_error:.3e}",
+            mass_unplaced=f"{stats.unplaced_mass:.6g}",
+        )
+    if stats.worst_cell_rel_error > 1e-4:
+        log.warning(
+            "year %d: worst coarse-cell mass error %.2e exceeds 1e-4",
+            job.year,
+            stats.worst_cell_rel_error,
+        )
+    if stats.unplaced_mass > 0:
+        log.warning(
+            "year %d: %.6g of %.6g coarse mass lies on cells without valid aux pixels",
+            job.year,
+            stats.unplaced_mass,
+            stats.coarse_mass,
+        )
+    return MosaicResult(
+        year=job.year,
+        tif_path=tif_path,
+        npy_path=npy_path,
+        worst_cell_rel_error=stats.worst_cell_rel_error,
+        coarse_mass=stats.coarse_mass,
+        unplaced_mass=stats.unplaced_mass,
+        valid_pixels=stats.valid_pixels,
+        windows=stats.windows,
+        seconds=stats.seconds,
+        megapixels_per_s=stats.megapixels_per_s,
+    )
+
+
+def _load_model(
+    checkpoint: Path, index: TileIndex
+) -> tuple[DSTCarbonFormer, Normalization, dict[str, Any]]:
+    state = load_checkpoint(checkpoint, map_location="cpu")
+    check_compatible(state, list(index.bands), index.grid.scale, index.grid.tile_size)
+    model, norm = model_from_checkpoint(state)
+    return model, norm, state
+
+
+def _year_task(job: _Job) -> MosaicResult:
+    """One year in a fresh process (a dask task): load the index and the model, then stream."""
+    # PyTorch's CPU kernels round differently with different thread counts; using the submitting
+    # process's count keeps the outputs bit-identical to a local run.
+    torch.set_num_threads(job.threads)
+    index = load_index(job.config.tiles_dir)
+    model, norm, state = _load_model(job.checkpoint, index)
+    return _run_year(job, index, model, norm, state, progress=False)
+
+
+def mosaic_years(
+    config: PipelineConfig,
+    years: Sequence[int],
+    *,
+    checkpoint: Path | None = None,
+    overlap: int | None = None,
+    batch_size: int | None = None,
+    device: str = "auto",
+    overwrite: bool = False,
+    progress: bool = True,
+    scheduler: str | None = None,
+    workers: int | None = None,
+) -> list[MosaicResult]:
+    """Predict whole years from the tile cubes and write ``Pred_<year>.tif`` and ``.npy``.
+
+    Each year is streamed window by window (see :func:`predict_scene`): the output is blended
+    without seams, every coarse cell sums to its coarse input, nodata is NaN, and both files are
+    published atomically when complete. Years whose two outputs already exist are skipped unless
+    ``overwrite``.
+
+    Args:
+        config: The pipeline configuration.
+        years: Years to predict; each must have been tiled.
+        checkpoint: Model checkpoint; default ``<workdir>/checkpoints/best.pt``.
+        overlap: Window overlap in pixels; default ``[mosaic] overlap``.
+        batch_size: Windows per forward pass; default ``[mosaic] batch_size``.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        overwrite: Recompute years whose outputs exist.
+        progress: Show progress bars on stderr.
+        scheduler: Address of a dask.distributed scheduler; each year becomes one task.
+        workers: Without ``scheduler``, start a local dask cluster of this many worker processes.
+
+    Returns:
+        One result per year, in the order of ``years``.
+
+    Raises:
+        CarbongeoError: The tiles are missing (run ``carbongeo tile``), the checkpoint is missing
+            or does not fit the tiles (:class:`~carbongeo.errors.CheckpointError`), or an output
+            cannot be written.
+    """
+    checkpoint = Path(checkpoint) if checkpoint is not None else config.checkpoints_dir / "best.pt"
+    overlap = config.mosaic.overlap if overlap is None else overlap
+    batch_size = config.mosaic.batch_size if batch_size is None else batch_size
+    if batch_size < 1:
+        raise CarbongeoError(f"--batch-size: must be >= 1, got {batch_size}")
+    if workers is not None and workers < 1:
+        raise CarbongeoError(f"--workers: must be >= 1, got {workers}")
+    resolve_device(device)  # fail before any work on a bad device
+    index = load_index(config.tiles_dir)
+    grid = index.grid
+    if not 0 <= overlap < grid.tile_size:
+        raise CarbongeoError(f"--overlap: must be in [0, {grid.tile_size}), got {overlap}")
+
+    results: dict[int, MosaicResult] = {}
+    todo: list[int] = []
+    for year in dict.fromkeys(int(y) for y in years):
+        tif_path, npy_path = prediction_paths(config, year)
+        if tif_path.is_file() and npy_path.is_file() and not overwrite:
+            log.info("year %d: %s exists, skipped (use --overwrite to recompute)", year, tif_path)
+            results[year] = MosaicResult(year, tif_path, npy_path, skipped=True)
+        else:
+            todo.append(year)
+    if todo:
+        if not checkpoint.is_file():
+            raise CheckpointError(
+                f"checkpoint not found: {checkpoint}; run: carbongeo train (or pass --checkpoint)"
+            )
+        model, norm, state = _load_model(checkpoint, index)
+        for year in todo:  # every input is checked before the first year starts
+            years_in = input_years(index, year, model.temporal)
+            _check_cubes(config.tiles_dir, years_in, index.has_coarse)
+        model_id = file_sha256(checkpoint)[:16]
+        threads = torch.get_num_threads()
+        jobs = [
+            _Job(config, year, checkpoint, model_id, overlap, batch_size, device, threads)
+            for year in todo
+        ]
+        if scheduler is not None or workers is not None:
+            for result in _run_distributed(jobs, scheduler, workers, progress):
+                results[result.year] = result
+        else:
+            for job in jobs:
+                results[job.year] = _run_year(job, index, model, norm, state, progress=progress)
+    return [results[int(y)] for y in dict.fromkeys(int(y) for y in years)]
+
+
+def _run_distributed(
+    jobs: Sequence[_Job], scheduler: str | None, workers: int | None, progress: bool
+) -> list[MosaicResult]:
+    """Run one task per year on a dask.distributed cluster; outputs match a local run."""
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    cluster = None
+    if scheduler is not None:
+        client = Client(scheduler)
+    else:
+        cluster = LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
+        )
+        client = Client(cluster)
+    try:
+        futures = [client.submit(_year_task, job, pure=False) for job in jobs]
+        results = []
+        with tqdm(
+            total=len(futures),
+            desc="mosaic years",
+            unit="year",
+            file=sys.stderr,
+            disable=not progress,
+        ) as bar:
+            for future in as_completed(futures):
+                results.append(future.result())
+                bar.update(1)
+        return results
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()

@@ -1,0 +1,184 @@
+"""Spatial train/val/test split of the tile grid.
+
+Neighbouring tiles share structure (a city spans several of them), so a random split by tile
+leaks. Tiles are grouped into square spatial blocks of ``block_tiles x block_tiles`` tiles; whole
+blocks are assigned to train, val or test, and train tiles within ``buffer_tiles`` (Chebyshev
+distance, in tiles) of a val or test tile are dropped. Tiles with too little valid target are
+excluded, and every exclusion is counted by reason.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from carbongeo.config import PipelineConfig, SplitConfig
+from carbongeo.errors import CarbongeoError
+from carbongeo.io.atomic import write_json_atomic
+from carbongeo.stages.tile import load_index
+
+SPLIT_FILE = "split.json"
+
+
+@dataclass(frozen=True)
+class TileSplit:
+    """Tile ids per subset, plus why the others were left out."""
+
+    train: list[int]
+    val: list[int]
+    test: list[int]
+    holdout_year: int | None = None
+    excluded: dict[str, int] = field(default_factory=dict)
+    block_tiles: int = 1
+    buffer_tiles: int = 1
+    seed: int = 0
+
+    def ids(self, subset: str) -> list[int]:
+        """The tile ids of ``train``, ``val`` or ``test``."""
+        if subset not in ("train", "val", "test"):
+            raise CarbongeoError(f"unknown split subset {subset!r}; use train, val or test")
+        return list(getattr(self, subset))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (the content of ``tiles/split.json``)."""
+        return {
+            "version": 1,
+            "train": self.train,
+            "val": self.val,
+            "test": self.test,
+            "holdout_year": self.holdout_year,
+            "excluded": self.excluded,
+            "block_tiles": self.block_tiles,
+            "buffer_tiles": self.buffer_tiles,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TileSplit:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            train=[int(i) for i in data["train"]],
+            val=[int(i) for i in data["val"]],
+            test=[int(i) for i in data["test"]],
+            holdout_year=data.get("holdout_year"),
+            excluded={str(k): int(v) for k, v in data.get("excluded", {}).items()},
+            block_tiles=int(data.get("block_tiles", 1)),
+            buffer_tiles=int(data.get("buffer_tiles", 1)),
+            seed=int(data.get("seed", 0)),
+        )
+
+
+def make_split(tiles: list[dict[str, Any]], params: SplitConfig) -> TileSplit:
+    """Assign tiles to train/val/test by spatial block (pure).
+
+    Args:
+        tiles: Tile records with ``id``, ``tile_row``, ``tile_col`` (tile indices, not pixels)
+            and ``valid_fraction`` (the best valid fraction over the tiled years).
+        params: The ``[split]`` settings.
+
+    Returns:
+        The split, with exclusion counts under ``all_nodata``, ``low_valid_fraction``, ``buffer``.
+    """
+    excluded: Counter[str] = Counter()
+    usable = []
+    for tile in tiles:
+        if tile["valid_fraction"] <= 0:
+            excluded["all_nodata"] += 1
+        elif tile["valid_fraction"] < params.min_valid_fraction:
+            excluded["low_valid_fraction"] += 1
+        else:
+            usable.append(tile)
+
+    def block_of(tile: dict[str, Any]) -> tuple[int, int]:
+        return tile["tile_row"] // params.block_tiles, tile["tile_col"] // params.block_tiles
+
+    blocks = sorted({block_of(t) for t in usable})
+    random.Random(params.seed).shuffle(blocks)
+    n_val, n_test = _subset_counts(len(blocks), params.ratios)
+    role = {b: "val" for b in blocks[:n_val]}
+    role |= {b: "test" for b in blocks[n_val : n_val + n_test]}
+
+    held_out = [(t["tile_row"], t["tile_col"]) for t in usable if block_of(t) in role]
+    subsets: dict[str, list[int]] = {"train": [], "val": [], "test": []}
+    for tile in usable:
+        subset = role.get(block_of(tile), "train")
+        if subset == "train" and _near(tile, held_out, params.buffer_tiles):
+            excluded["buffer"] += 1
+            continue
+        subsets[subset].append(int(tile["id"]))
+    return TileSplit(
+        train=sorted(subsets["train"]),
+        val=sorted(subsets["val"]),
+        test=sorted(subsets["test"]),
+        holdout_year=params.holdout_year,
+        excluded=dict(excluded),
+        block_tiles=params.block_tiles,
+        buffer_tiles=params.buffer_tiles,
+        seed=params.seed,
+    )
+
+
+def _subset_counts(n_blocks: int, ratios: tuple[float, float, float]) -> tuple[int, int]:
+    """Blocks for val and test: by ratio, at least one each when there are three or more blocks."""
+    _, val_ratio, test_ratio = ratios
+    n_val = round(n_blocks * val_ratio)
+    n_test = round(n_blocks * test_ratio)
+    if n_blocks >= 3:
+        n_val = max(n_val, 1 if val_ratio > 0 else 0)
+        n_test = max(n_test, 1 if test_ratio > 0 else 0)
+    while n_val + n_test >= n_blocks and n_val + n_test > 0:
+        # Keep at least one block for training.
+        if n_val >= n_test:
+            n_val -= 1
+        else:
+            n_test -= 1
+    return n_val, n_test
+
+
+def _near(tile: dict[str, Any], others: list[tuple[int, int]], distance: int) -> bool:
+    if distance <= 0:
+        return False
+    row, col = tile["tile_row"], tile["tile_col"]
+    return any(max(abs(row - r), abs(col - c)) <= distance for r, c in others)
+
+
+def split_tiles(config: PipelineConfig) -> TileSplit:
+    """Read ``tiles/index.json``, split its tiles and write ``tiles/split.json`` atomically."""
+    index = load_index(config.tiles_dir)
+    holdout = config.split.holdout_year
+    records = []
+    for tile in index.tiles:
+        fractions = [f for y, f in tile.valid_fraction.items() if y != holdout]
+        records.append(
+            {
+                "id": tile.id,
+                "tile_row": tile.row // index.tile_size,
+                "tile_col": tile.col // index.tile_size,
+                "valid_fraction": max(fractions, default=0.0),
+            }
+        )
+    result = make_split(records, config.split)
+    if not result.train:
+        raise CarbongeoError(
+            "split: no tile is left for training; lower split.min_valid_fraction or "
+            "split.buffer_tiles, or tile a larger area"
+        )
+    write_json_atomic(config.tiles_dir / SPLIT_FILE, result.to_dict())
+    return result
+
+
+def load_split(tiles_dir: Path) -> TileSplit:
+    """Read ``tiles/split.json``."""
+    path = tiles_dir / SPLIT_FILE
+    if not path.is_file():
+        raise CarbongeoError(f"{path} not found; run 'carbongeo split' first")
+    try:
+        return TileSplit.from_dict(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError) as err:
+        raise CarbongeoError(
+            f"{path} is not a valid split file ({err}); rerun 'carbongeo split'"
+        ) from err

@@ -1,0 +1,1 @@
+"""The files a run makes: their names, formats, readers and writers."""

@@ -1,0 +1,1 @@
+"""Training machinery: the cube dataset and input normalisation."""

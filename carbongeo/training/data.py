@@ -1,0 +1,201 @@
+"""The training dataset: T-year windows of tile cubes with the coarse degradation built in.
+
+A sample is one tile in one centre year ``y``. Its inputs are the aux bands of years
+``y - r .. y + r`` (``r = temporal // 2``) and the coarse field of the same years, which is the fine
+target summed over ``scale x scale`` blocks in linear units. Its label is the fine target of the
+centre year. The model input therefore never holds the target at full resolution.
+
+Years beyond the ends of the series replicate the nearest end year; a year inside the series whose
+cubes are missing is an error that names the command to fix it. Cubes are memory-mapped and opened
+lazily in each process (DataLoader workers included), never loaded whole.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from carbongeo.errors import CarbongeoError
+from carbongeo.training.normalization import aux_domain
+from carbongeo.stages.tile import load_index
+
+if TYPE_CHECKING:
+    from carbongeo.training.normalization import Normalization
+
+
+def window_years(year: int, temporal: int, first: int, last: int) -> list[int]:
+    """The ``temporal`` years centred on ``year``, clamped to the series ``first .. last``.
+
+    Years before ``first`` or after ``last`` replicate the end year, so the window always has
+    ``temporal`` entries and its centre is ``year``.
+    """
+    if temporal < 1 or temporal % 2 == 0:
+        raise CarbongeoError(f"the temporal window must be an odd number of years, got {temporal}")
+    radius = temporal // 2
+    return [min(max(year + k, first), last) for k in range(-radius, radius + 1)]
+
+
+def block_sum_np(x: np.ndarray, scale: int) -> np.ndarray:
+    """Sum ``[..., H, W]`` over ``scale x scale`` blocks (nodata, i.e. non-finite, counts as 0)."""
+    height, width = x.shape[-2:]
+    if height % scale or width % scale:
+        raise CarbongeoError(f"tile size {height}x{width} is not a multiple of scale {scale}")
+    blocks = np.where(np.isfinite(x), x, 0.0).reshape(
+        *x.shape[:-2], height // scale, scale, width // scale, scale
+    )
+    return blocks.sum(axis=(-3, -1), dtype=np.float64).astype(np.float32)
+
+
+class CubeDataset(Dataset[dict[str, Any]]):
+    """(tile, centre year) samples over memory-mapped tile cubes.
+
+    Each item is a dict:
+
+    * ``aux``: float32 ``[C, T, H, W]``, normalised, nodata set to 0;
+    * ``coarse``: float32 ``[1, T, H/s, W/s]``, the target summed over ``s x s`` blocks per year in
+      physical units (nodata counts as 0);
+    * ``target``: float32 ``[1, H, W]``, the centre year's target, nodata set to 0;
+    * ``mask``: bool ``[1, H, W]``, True where the centre year's target and all its aux bands are
+      finite;
+    * ``tile_id`` and ``year``: ints.
+
+    An item may be addressed by ``index`` or by ``(index, epoch)``; the epoch only changes the
+    random augmentation, which is a pure function of ``(seed, epoch, index)`` so that it is the same
+    with any number of workers and after a resume.
+
+    Args:
+        tiles_dir: Folder with ``index.json`` and the ``X_<year>.npy`` / ``Y_<year>.npy`` cubes.
+        tile_ids: Ids of the tiles to use.
+        years: Centre years to use.
+        norm: Normalisation statistics of the training split.
+        temporal: Years per window (odd).
+        augment: Apply random flips and 90-degree rotations, the same to every stream.
+        seed: Seed of the augmentation.
+        series: First and last year of the whole series (window ends replicate them); by default
+            the first and last of ``years``.
+
+    Raises:
+        CarbongeoError: If the index is missing, a tile id is unknown, the cubes of a needed year
+            are missing, or the aux bands differ from the normalisation.
+    """
+
+    def __init__(
+        self,
+        tiles_dir: str | Path,
+        tile_ids: list[int],
+        years: list[int],
+        norm: Normalization,
+        *,
+        temporal: int = 3,
+        augment: bool = False,
+        seed: int = 0,
+        series: tuple[int, int] | None = None,
+    ) -> None:
+        self.tiles_dir = Path(tiles_dir)
+        self.index = load_index(self.tiles_dir)
+        self.norm = norm
+        self.temporal = temporal
+        self.augment = augment
+        self.seed = seed
+        self.scale = self.index.scale
+        if len(self.index.bands) != norm.n_bands:
+            raise CarbongeoError(
+                f"the tiles have {len(self.index.bands)} aux bands but the normalisation has "
+                f"{norm.n_bands}; they come from different configurations"
+            )
+        years = sorted(int(y) for y in years)
+        if series is None:
+            series = (years[0], years[-1]) if years else (0, 0)
+        first, last = series
+        self.windows = {y: window_years(y, temporal, first, last) for y in years}
+        needed = sorted({w for window in self.windows.values() for w in window})
+        for year in needed:
+            for prefix in ("X", "Y"):
+                if not (self.tiles_dir / f"{prefix}_{year}.npy").is_file():
+                    raise CarbongeoError(
+                        f"tiles for year {year} are missing from {self.tiles_dir} "
+                        f"({prefix}_{year}.npy); run: carbongeo tile --year {year}"
+                    )
+        self.samples = [
+            (int(tile_id), self.index.position(int(tile_id)), year)
+            for tile_id in tile_ids
+            for year in years
+        ]
+        self._cubes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_cubes"] = {}  # memory maps are reopened in the receiving process
+        return state
+
+    def _cube(self, year: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._pid != os.getpid():  # a forked worker: do not share the parent's file handles
+            self._cubes = {}
+            self._pid = os.getpid()
+        if year not in self._cubes:
+            self._cubes[year] = (
+                np.load(self.tiles_dir / f"X_{year}.npy", mmap_mode="r"),
+                np.load(self.tiles_dir / f"Y_{year}.npy", mmap_mode="r"),
+            )
+        return self._cubes[year]
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, epoch = (int(key[0]), int(key[1])) if isinstance(key, tuple) else (int(key), 0)
+        tile_id, row, year = self.samples[index]
+        window = self.windows[year]
+        aux = np.stack([self._cube(w)[0][row] for w in window], axis=1)  # [C, T, H, W]
+        target = np.stack([self._cube(w)[1][row, 0] for w in window], axis=0)[None]  # [1,T,H,W]
+        aux = aux.astype(np.float32, copy=False)
+        target = target.astype(np.float32, copy=False)
+        if self.augment:
+            aux, target = self._augment(aux, target, index, epoch)
+        centre = self.temporal // 2
+        coarse = block_sum_np(target, self.scale)
+        fine = target[:, centre]
+        finite = np.isfinite(fine)
+        mask = finite & aux_domain(aux[:, centre])[None]
+        return {
+            "aux": torch.from_numpy(self.norm.normalize_aux(aux)),
+            "coarse": torch.from_numpy(coarse),
+            "target": torch.from_numpy(np.where(finite, fine, np.float32(0.0))),
+            "mask": torch.from_numpy(mask),
+            "tile_id": tile_id,
+            "year": year,
+        }
+
+    def _augment(
+        self, aux: np.ndarray, target: np.ndarray, index: int, epoch: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Apply one random flip / rot90 of the dihedral group to both fine streams."""
+        rng = np.random.default_rng([self.seed, epoch, index])
+        square = aux.shape[-1] == aux.shape[-2]
+        turns = int(rng.integers(4)) if square else 2 * int(rng.integers(2))
+        flip = bool(rng.integers(2))
+        out = []
+        for array in (aux, target):
+            array = np.rot90(array, turns, axes=(-2, -1))
+            if flip:
+                array = array[..., ::-1]
+            out.append(np.ascontiguousarray(array))
+        # The coarse field is computed afterwards from the transformed target, so it stays the
+        # exact block sum of what the model sees.
+        return out[0], out[1]
+
+
+def model_inputs(batch: dict[str, Any], device: torch.device) -> tuple[Tensor, Tensor]:
+    """The model's inputs of a batch: ``(aux, coarse)`` on ``device`` (never the fine target)."""
+    non_blocking = device.type == "cuda"
+    return (
+        batch["aux"].to(device, non_blocking=non_blocking),
+        batch["coarse"].to(device, non_blocking=non_blocking),
+    )

@@ -1,0 +1,249 @@
+"""Tests of carbongeo.stages.train on tiny synthetic cubes (CPU, a few seconds per run)."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import math
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from _cubes import YEARS, make_world, write_split
+
+import carbongeo.stages.train as train_module
+from carbongeo.store.checkpoint import FORMAT, load_checkpoint, model_from_checkpoint
+from carbongeo.config import PipelineConfig
+from carbongeo.training.data import CubeDataset
+from carbongeo.errors import CarbongeoError, CheckpointError
+from carbongeo.models.losses import HybridLoss
+from carbongeo.models.network import DSTCarbonFormer
+from carbongeo.stages.split import load_split
+from carbongeo.stages.train import LOG_COLUMNS, select_amp, train, validate
+
+# 4 train tiles x 3 years = 12 samples: 4 steps of 3 per epoch; 2 val tiles.
+RESUME_SETTINGS: dict[str, Any] = {"epochs": 2, "batch_size": 3, "warmup_epochs": 1}
+
+
+class Killed(Exception):
+    """Stands for the process being killed."""
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread() -> Iterator[None]:
+    """One intra-op thread: tiny tensors gain nothing from more, and a busy machine loses a lot."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture()
+def deterministic() -> Iterator[None]:
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(False)
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The state after an uninterrupted 2-epoch run, the reference for the resume tests."""
+    torch.use_deterministic_algorithms(True)
+    try:
+        config = make_world(tmp_path_factory.mktemp("straight"), n_tiles=6, **RESUME_SETTINGS)
+        train(config, progress=False)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    return load_checkpoint(config.checkpoints_dir / "latest.pt")
+
+
+def _assert_same_run(a: dict[str, Any], b: dict[str, Any]) -> None:
+    assert a["epoch"] == b["epoch"]
+    for name, value in a["model"].items():
+        assert torch.equal(value, b["model"][name]), name
+    for key in ("val_mae", "train_loss", "lr"):
+        assert [row[key] for row in a["history"]] == [row[key] for row in b["history"]]
+
+
+def _val_loader(config: PipelineConfig, norm: Any) -> torch.utils.data.DataLoader[Any]:
+    split = load_split(config.tiles_dir)
+    data = CubeDataset(config.tiles_dir, split.val, list(YEARS), norm)
+    return torch.utils.data.DataLoader(data, batch_size=4)
+
+
+# --------------------------------------------------------------------------- devices
+def test_select_amp_per_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert select_amp("cpu") == (False, torch.float32, False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert select_amp("cpu") == (False, torch.float32, False)
+    assert select_amp("cuda") == (True, torch.bfloat16, False)
+    assert select_amp(torch.device("cuda", 0), enabled=False) == (False, torch.float32, False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert select_amp("cuda") == (True, torch.float16, True)
+
+
+def test_cuda_without_gpu_is_a_user_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert train_module.resolve_device("auto") == torch.device("cpu")
+    config = make_world(tmp_path)
+    with pytest.raises(CarbongeoError, match="--device cpu"):
+        train(config, device="cuda", progress=False)
+
+
+# --------------------------------------------------------------------------- training
+def test_training_lowers_validation_mae(tmp_path: Path) -> None:
+    config = make_world(tmp_path, epochs=5, lr=2e-3)
+    result = train(config, progress=False)
+    assert result.epochs_run == 5
+    with result.log_path.open() as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames or ()) == LOG_COLUMNS
+        rows = list(reader)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5]
+    assert all(int(r["skipped_batches"]) == 0 for r in rows)
+    assert all(float(r["val_mass_error"]) < 1e-4 for r in rows)  # the mass constraint holds
+
+    best = load_checkpoint(result.best_path)
+    assert best["format"] == FORMAT and best["bands"] == ["b0", "b1"]
+    assert best["scale"] == 4 and best["tile_size"] == 32 and best["data_hash"]
+    model, norm = model_from_checkpoint(best)
+    loader = _val_loader(config, norm)
+    trained = validate(model, loader, torch.device("cpu"), norm, 4)["mae"]
+    assert trained == pytest.approx(result.best_val_mae, rel=1e-6)  # other batch size
+    torch.manual_seed(0)
+    untrained = DSTCarbonFormer(**model.config)
+    before = validate(untrained, loader, torch.device("cpu"), norm, 4)["mae"]
+    assert result.best_val_mae < 0.95 * before
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    deterministic: None,
+    straight_run: dict[str, Any],
+) -> None:
+    config = make_world(tmp_path, n_tiles=6, **RESUME_SETTINGS)
+    real_save = train_module.save_checkpoint
+
+    def save_then_die(path: Path, state: dict[str, Any]) -> None:
+        real_save(path, state)
+        if Path(path).name == "latest.pt":
+            raise Killed
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_die)
+    with pytest.raises(Killed):
+        train(config, progress=False)
+    monkeypatch.undo()
+    assert load_checkpoint(config.checkpoints_dir / "latest.pt")["epoch"] == 1
+
+    result = train(config, progress=False)
+    assert result.epochs_run == 1
+    _assert_same_run(straight_run, load_checkpoint(result.latest_path))
+    assert train(config, progress=False).epochs_run == 0  # already complete
+
+
+def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    deterministic: None,
+    straight_run: dict[str, Any],
+) -> None:
+    config = make_world(tmp_path, n_tiles=6, **RESUME_SETTINGS)
+    real_getitem = CubeDataset.__getitem__
+    calls = {"n": 0}
+    # Epoch 1 reads 12 train + 6 val items; the 22nd read is the first of epoch 2's 2nd batch.
+    interrupt_at = 12 + 6 + 3 + 1
+
+    def getitem(self: CubeDataset, key: Any) -> dict[str, Any]:
+        calls["n"] += 1
+        if calls["n"] == interrupt_at:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_getitem(self, key)
+
+    monkeypatch.setattr(CubeDataset, "__getitem__", getitem)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, progress=False)
+    monkeypatch.undo()
+    state = load_checkpoint(config.checkpoints_dir / "latest.pt")
+    assert state["epoch"] == 1
+    assert (state["partial"]["epoch"], state["partial"]["step"]) == (2, 1)
+
+    result = train(config, progress=False)
+    assert result.epochs_run == 1
+    _assert_same_run(straight_run, load_checkpoint(result.latest_path))
+
+
+def test_latest_from_another_configuration_is_refused(tmp_path: Path) -> None:
+    config = make_world(tmp_path, epochs=1)
+    train(config, progress=False, max_steps_per_epoch=1)
+    raw = dict(config.raw)
+    raw["model"] = {"dim": 12, "depth": 1}
+    other = dataclasses.replace(config, raw=raw)
+    with pytest.raises(CheckpointError, match="--no-resume"):
+        train(other, progress=False)
+    split = load_split(config.tiles_dir)
+    write_split(config.tiles_dir, split.train[1:], [*split.val, split.train[0]])
+    with pytest.raises(CheckpointError, match="another split"):
+        train(config, progress=False)
+    assert train(config, progress=False, resume=False, max_steps_per_epoch=1).epochs_run == 1
+
+
+def test_non_finite_loss_skips_the_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = make_world(tmp_path, epochs=1)
+    real_forward = HybridLoss.forward
+    calls = {"n": 0}
+
+    def forward(self: HybridLoss, *args: Any) -> Any:
+        total, terms = real_forward(self, *args)
+        calls["n"] += 1
+        return (total * math.nan if calls["n"] == 1 else total), terms
+
+    monkeypatch.setattr(HybridLoss, "forward", forward)
+    result = train(config, progress=False)
+    with result.log_path.open() as f:
+        row = next(csv.DictReader(f))
+    assert int(row["skipped_batches"]) == 1
+    assert math.isfinite(float(row["train_loss"]))
+    weights = load_checkpoint(result.latest_path)["model"]
+    assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
+
+
+def test_empty_validation_split_falls_back_to_train(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = make_world(tmp_path, n_tiles=4, n_val=0, epochs=1, holdout_year=2020)
+    with caplog.at_level(logging.WARNING, logger="carbongeo.stages.train"):
+        result = train(config, progress=False, max_steps_per_epoch=1)
+    assert "no validation tiles" in caplog.text
+    assert result.best_path.is_file() and math.isfinite(result.best_val_mae)
+
+
+def test_checkpoint_of_an_older_model_version_is_one_clear_error(tmp_path: Path) -> None:
+    config = make_world(tmp_path, epochs=1)
+    result = train(config, progress=False, max_steps_per_epoch=1)
+    state = load_checkpoint(result.latest_path)
+    state["model"] = {k: v for k, v in state["model"].items() if k != "aux_prior.weight"}
+    torch.save(state, result.latest_path)
+    with pytest.raises(CheckpointError, match="aux_prior.weight.*--no-resume") as info:
+        train(config, epochs=2, progress=False)
+    assert "\n" not in str(info.value)
+    with pytest.raises(CheckpointError, match="another version of the model") as info:
+        model_from_checkpoint(state)
+    assert "\n" not in str(info.value)
+
+
+def test_log_seconds_are_not_counted_twice(tmp_path: Path) -> None:
+    config = make_world(tmp_path, epochs=2)
+    started = time.perf_counter()
+    result = train(config, progress=False)
+    elapsed = time.perf_counter() - started
+    with result.log_path.open() as f:
+        total = sum(float(row["seconds"]) for row in csv.DictReader(f))
+    assert 0 < total <= elapsed
