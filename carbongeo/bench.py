@@ -6,13 +6,14 @@ end, unless ``out`` is given: then the scenes are kept there and reused by the n
 * **tile**: for each scene side, a target in UTM (copied onto the grid), an intensive aux band in
   EPSG:4326 (warped) and an extensive one at half the resolution (split by area), as tiled,
   DEFLATE-compressed GeoTIFFs. Two measurements, each in a fresh process: a raw rasterio read of
-  every source in 1024-pixel windows (the I/O floor) and :func:`carbongeo.stages.tile.tile_years` for
-  one year. Throughput is in MB/s of uncompressed source data.
+  every source in 1024-pixel windows (the I/O floor) and
+  :func:`carbongeo.stages.tile.tile_years` for one year. Throughput is in MB/s of uncompressed
+  source data.
 * **train**: tile cubes (9 aux bands, ``tile_size`` 128, ``scale`` 8, three years); tiles per
-  second of the :class:`~carbongeo.training.data.CubeDataset` DataLoader (after a warm-up pass) for each
-  number of workers, and of the training step (forward, loss, backward, clip, AdamW) on a batch
-  already in memory, for the demo-size and the full-size model. The loader is not the bottleneck
-  when its rate exceeds the step rate.
+  second of the :class:`~carbongeo.training.data.CubeDataset` DataLoader (after a warm-up pass) for
+  each number of workers, and of the training step (forward, loss, backward, clip, AdamW) on a
+  batch already in memory, for the demo-size and the full-size model.
+  The loader is not the bottleneck when its rate exceeds the step rate.
 * **mosaic**: tile cubes, index and a small untrained checkpoint for each scene side;
   :func:`carbongeo.stages.mosaic.mosaic_years` in a fresh process, in megapixels per second.
 
@@ -899,11 +900,11 @@ def make_mosaic_scene(folder: Path, size: int, dim: int = 8, depth: int = 1, see
     import numpy as np
     import torch
 
-    from carbongeo.store.checkpoint import FORMAT, VERSION, plain, save_checkpoint
     from carbongeo.config import load_config
     from carbongeo.models.network import DSTCarbonFormer
-    from carbongeo.training.normalization import Normalization
     from carbongeo.stages.tile import cube_path, index_path
+    from carbongeo.store.checkpoint import FORMAT, VERSION, plain, save_checkpoint
+    from carbongeo.training.normalization import Normalization
 
     config_path = folder / "carbongeo.toml"
     aux_tables = "\n".join(

@@ -53,11 +53,11 @@ def run_demo(
     """
     from carbongeo.stages.evaluate import evaluate
     from carbongeo.stages.mosaic import mosaic_years
+    from carbongeo.stages.preview import preview
     from carbongeo.stages.split import split_tiles
-    from carbongeo.synth import generate_world
     from carbongeo.stages.tile import tile_years
     from carbongeo.stages.train import train
-    from carbongeo.stages.preview import preview
+    from carbongeo.synth import generate_world
 
     seconds: dict[str, float] = {}
 

@@ -14,8 +14,8 @@ import numpy as np
 
 from carbongeo.config import PipelineConfig
 from carbongeo.errors import CarbongeoError
-from carbongeo.training.normalization import RunningMoments
 from carbongeo.stages.tile import load_index
+from carbongeo.training.normalization import RunningMoments
 
 PERCENTILES = (1, 50, 99)
 SAMPLE_PER_TILE = 512

@@ -35,9 +35,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from carbongeo.evaluation.baselines import block_sum, run_baselines, unplaced_mass
 from carbongeo.config import PipelineConfig
 from carbongeo.errors import CarbongeoError
+from carbongeo.evaluation.baselines import block_sum, run_baselines, unplaced_mass
 from carbongeo.grid import Window
 from carbongeo.training.normalization import RunningMoments, aux_domain
 

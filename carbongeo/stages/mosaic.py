@@ -37,15 +37,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from carbongeo.store.checkpoint import check_compatible, load_checkpoint, model_from_checkpoint
-from carbongeo.training.data import window_years
 from carbongeo.device import resolve_device
 from carbongeo.errors import CarbongeoError, CheckpointError
 from carbongeo.grid import Grid, Window
 from carbongeo.io.atomic import commit, output_error, remove_quietly, remove_stale_temps, temp_path
 from carbongeo.io.cog import COGWriter
-from carbongeo.training.normalization import Normalization, aux_domain
 from carbongeo.stages.tile import TileIndex, cube_path, load_index, read_window
+from carbongeo.store.checkpoint import check_compatible, load_checkpoint, model_from_checkpoint
+from carbongeo.training.data import window_years
+from carbongeo.training.normalization import Normalization, aux_domain
 
 if TYPE_CHECKING:
     from carbongeo.config import PipelineConfig

@@ -23,9 +23,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from mpl_toolkits.axes_grid1 import make_axes_locatable
 
-from carbongeo.evaluation.baselines import upsample_blocks
 from carbongeo.config import PipelineConfig
 from carbongeo.errors import CarbongeoError
+from carbongeo.evaluation.baselines import upsample_blocks
 from carbongeo.stages.evaluate import EVALUATION_JSON, TileData, TileStore
 
 __all__ = ["best_baseline", "preview", "scene_map", "select_tiles"]

@@ -47,6 +47,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm import tqdm
 
+from carbongeo.config import PipelineConfig
+from carbongeo.device import resolve_device
+from carbongeo.errors import CarbongeoError, CheckpointError
+from carbongeo.evaluation.metrics import METRIC_NAMES, PooledMetrics
+from carbongeo.io.atomic import remove_stale_temps, write_text_atomic
+from carbongeo.models.losses import TERMS, HybridLoss
+from carbongeo.models.network import DSTCarbonFormer
+from carbongeo.stages.tile import TileIndex, load_index
 from carbongeo.store.checkpoint import (
     FORMAT,
     VERSION,
@@ -59,16 +67,8 @@ from carbongeo.store.checkpoint import (
     set_rng_state,
     strip_prefixes,
 )
-from carbongeo.config import PipelineConfig
 from carbongeo.training.data import CubeDataset, model_inputs
-from carbongeo.device import resolve_device
-from carbongeo.errors import CarbongeoError, CheckpointError
-from carbongeo.io.atomic import remove_stale_temps, write_text_atomic
-from carbongeo.models.losses import TERMS, HybridLoss
-from carbongeo.evaluation.metrics import METRIC_NAMES, PooledMetrics
-from carbongeo.models.network import DSTCarbonFormer
 from carbongeo.training.normalization import Normalization, compute_normalization
-from carbongeo.stages.tile import TileIndex, load_index
 
 logger = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from carbongeo.errors import CarbongeoError
-from carbongeo.training.normalization import aux_domain
 from carbongeo.stages.tile import load_index
+from carbongeo.training.normalization import aux_domain
 
 if TYPE_CHECKING:
     from carbongeo.training.normalization import Normalization

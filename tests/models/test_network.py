@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from carbongeo.models.losses import HybridLoss
 from carbongeo.models import DSTCarbonFormer, block_sum, count_parameters
+from carbongeo.models.losses import HybridLoss
 
 TINY = {"dim": 8, "depth": 1}
 
@@ -138,9 +138,7 @@ def test_output_depends_on_aux_and_on_neighbouring_years() -> None:
 def test_gradients_reach_every_parameter(years: int, fft: bool) -> None:
     torch.manual_seed(5)
     scale = 4
-    model = DSTCarbonFormer(
-        3, scale, temporal=years, value_scale=50.0, fft_constraint=fft, **TINY
-    )
+    model = DSTCarbonFormer(3, scale, temporal=years, value_scale=50.0, fft_constraint=fft, **TINY)
     aux, coarse = make_inputs(2, 3, years, 32, 32, scale)
     target = torch.rand(2, 1, 32, 32) * 100.0 * (torch.rand(2, 1, 32, 32) > 0.5)
     mask = torch.ones(2, 1, 32, 32, dtype=torch.bool)

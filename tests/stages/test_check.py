@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from _cubes import YEARS, make_config, write_cubes
 
-from carbongeo.stages.check import check_data
 from carbongeo.errors import CarbongeoError
+from carbongeo.stages.check import check_data
 
 
 @pytest.fixture()

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from affine import Affine
 
-from carbongeo.evaluation.baselines import block_sum
 from carbongeo.config import PipelineConfig, parse_config
 from carbongeo.errors import CarbongeoError
+from carbongeo.evaluation.baselines import block_sum
+from carbongeo.grid import Grid
 from carbongeo.stages.evaluate import (
     EvaluationReport,
     block_mass_errors,
@@ -21,7 +22,6 @@ from carbongeo.stages.evaluate import (
     hotspot_mask,
     ssim_map,
 )
-from carbongeo.grid import Grid
 from carbongeo.stages.tile import TileIndex, TileRecord
 
 TS, S = 16, 4

@@ -17,7 +17,6 @@ from rasterio.crs import CRS
 
 import carbongeo.stages.mosaic as mosaic
 from carbongeo import __version__
-from carbongeo.store.checkpoint import FORMAT, VERSION, plain, save_checkpoint
 from carbongeo.config import PipelineConfig, parse_config
 from carbongeo.errors import CarbongeoError, CheckpointError
 from carbongeo.grid import Grid, Window
@@ -36,8 +35,9 @@ from carbongeo.stages.mosaic import (
     predict_scene,
     reproject_mass,
 )
-from carbongeo.training.normalization import Normalization
 from carbongeo.stages.tile import TileIndex, TileRecord, cube_path, index_path
+from carbongeo.store.checkpoint import FORMAT, VERSION, plain, save_checkpoint
+from carbongeo.training.normalization import Normalization
 
 WKT = CRS.from_epsg(32650).to_wkt()
 TRANSFORM = Affine(100.0, 0.0, 300000.0, 0.0, -100.0, 2600000.0)

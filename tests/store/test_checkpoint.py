@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from carbongeo.errors import CheckpointError
+from carbongeo.models.network import DSTCarbonFormer
 from carbongeo.store.checkpoint import (
     FORMAT,
     VERSION,
@@ -23,8 +25,6 @@ from carbongeo.store.checkpoint import (
     set_rng_state,
     strip_prefixes,
 )
-from carbongeo.errors import CheckpointError
-from carbongeo.models.network import DSTCarbonFormer
 from carbongeo.training.normalization import Normalization
 
 NORM = Normalization((0.5, 1.0), (2.0, 3.0), 10.0, 30.0, 80.0)

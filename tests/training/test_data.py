@@ -1,4 +1,4 @@
-"""Tests of carbongeo.training.data: windows, coarse degradation, masks, augmentation, lazy cubes."""
+"""Tests of carbongeo.training.data: windows, coarse degradation, masks, augmentation."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch
 from _cubes import SCALE, TILE, YEARS, write_cubes
 from torch.utils.data import DataLoader
 
-from carbongeo.training.data import CubeDataset, block_sum_np, window_years
 from carbongeo.errors import CarbongeoError
+from carbongeo.training.data import CubeDataset, block_sum_np, window_years
 from carbongeo.training.normalization import Normalization, compute_normalization
 
 

@@ -1,4 +1,4 @@
-"""Tests of carbongeo.training.normalization: train-only statistics, streaming, (de)serialisation."""
+"""Tests of carbongeo.training.normalization: train-only statistics, streaming, round trip."""
 
 from __future__ import annotations
 
