@@ -43,9 +43,10 @@ from carbongeo.grid import Grid, Window
 from carbongeo.io.atomic import commit, output_error, remove_quietly, remove_stale_temps, temp_path
 from carbongeo.io.cog import COGWriter
 from carbongeo.stages.tile import TileIndex, cube_path, load_index, read_window
-from carbongeo.store.checkpoint import check_compatible, load_checkpoint, model_from_checkpoint
+from carbongeo.store.checkpoint import Checkpoint, load_checkpoint
 from carbongeo.training.data import window_years
 from carbongeo.training.normalization import Normalization, aux_domain
+from carbongeo.training.setup import model_from_checkpoint
 
 if TYPE_CHECKING:
     from carbongeo.config import PipelineConfig
@@ -690,7 +691,7 @@ def _run_year(
     index: TileIndex,
     model: DSTCarbonFormer,
     norm: Normalization,
-    state: dict[str, Any],
+    state: Checkpoint,
     *,
     progress: bool,
 ) -> MosaicResult:
@@ -709,7 +710,7 @@ def _run_year(
         "model_id": job.model_id,
         "checkpoint": job.checkpoint.name,
         "config_hash": config.data_hash(),
-        "training_data_hash": str(state.get("data_hash", "")),
+        "training_data_hash": state.data_hash,
         "carbongeo_version": __version__,
         "scale": str(grid.scale),
         "tile_size": str(grid.tile_size),
@@ -762,11 +763,10 @@ def _run_year(
 
 def _load_model(
     checkpoint: Path, index: TileIndex
-) -> tuple[DSTCarbonFormer, Normalization, dict[str, Any]]:
+) -> tuple[DSTCarbonFormer, Normalization, Checkpoint]:
     state = load_checkpoint(checkpoint, map_location="cpu")
-    check_compatible(state, list(index.bands), index.grid.scale, index.grid.tile_size)
-    model, norm = model_from_checkpoint(state)
-    return model, norm, state
+    state.check_compatible(list(index.bands), index.grid.scale, index.grid.tile_size)
+    return model_from_checkpoint(state), state.normalization, state
 
 
 def _year_task(job: _Job) -> MosaicResult:

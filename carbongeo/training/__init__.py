@@ -1,1 +1,1 @@
-"""Training machinery: the cube dataset and input normalisation."""
+"""Training machinery: data, normalisation, setup, the loop, distribution and interruption."""

@@ -85,8 +85,8 @@ elif hook == "tile-commit":  # some cubes renamed into place, the others not yet
     import carbongeo.io.atomic as m
     after(m, "commit")
 elif hook == "train-step":  # an optimisation step in the middle of an epoch
-    import carbongeo.stages.train as m
-    after(m._Trainer, "_step")
+    import carbongeo.training.loop as m
+    after(m.Trainer, "_step")
 elif hook == "train-save":  # half of a checkpoint written to its temporary file
     import torch
     original_save = torch.save
@@ -282,18 +282,20 @@ def assert_same_training(folder: Path, reference: Path) -> None:
     """Same weights, optimiser and scheduler state, epochs and metrics (timings aside)."""
     for name in ("latest.pt", "best.pt"):
         got, want = load_checkpoint(folder / name), load_checkpoint(reference / name)
-        assert got["epoch"] == want["epoch"]
+        got_run, want_run = got.training, want.training
+        assert got_run is not None and want_run is not None
+        assert got_run.epoch == want_run.epoch
         if name == "latest.pt":
-            assert got["epoch"] == int(EPOCHS)
-        assert got["best_metric"] == want["best_metric"]
-        assert got["model"].keys() == want["model"].keys()
-        for key, tensor in want["model"].items():
-            assert torch.equal(got["model"][key], tensor), f"{name}: {key}"
-        _assert_same_state(got["optimizer"], want["optimizer"], f"{name} optimizer")
-        assert got["scheduler"] == want["scheduler"]
-        assert got["norm"] == want["norm"]
-        assert got["partial"] is None and want["partial"] is None
-        assert _untimed(got["history"]) == _untimed(want["history"])
+            assert got_run.epoch == int(EPOCHS)
+        assert got_run.best_metric == want_run.best_metric
+        assert got.weights.keys() == want.weights.keys()
+        for key, tensor in want.weights.items():
+            assert torch.equal(got.weights[key], tensor), f"{name}: {key}"
+        _assert_same_state(got_run.optimizer, want_run.optimizer, f"{name} optimizer")
+        assert got_run.scheduler == want_run.scheduler
+        assert got.normalization == want.normalization
+        assert got_run.partial is None and want_run.partial is None
+        assert _untimed(got_run.history) == _untimed(want_run.history)
     got_log = (folder / "train_log.csv").read_text().splitlines()
     want_log = (reference / "train_log.csv").read_text().splitlines()
     header = want_log[0].split(",")
@@ -304,6 +306,13 @@ def assert_same_training(folder: Path, reference: Path) -> None:
         return [v for i, v in enumerate(line.split(",")) if i not in timed]
 
     assert [untimed(line) for line in got_log] == [untimed(line) for line in want_log]
+
+
+def _epoch(path: Path) -> int:
+    """Completed epochs recorded in a training checkpoint."""
+    training = load_checkpoint(path).training
+    assert training is not None
+    return training.epoch
 
 
 def _untimed(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -409,7 +418,7 @@ def test_sigkill_during_train_then_resume(reference: Path, tmp_path: Path) -> No
     args = ["train", "-c", config, "--epochs", EPOCHS]
     # Tiny world: 2 steps per epoch, so step 3 is the middle of epoch 2.
     kill_at("train-step", 3, "-", args, site, watch_checkpoints(checkpoints))
-    assert load_checkpoint(checkpoints / "latest.pt")["epoch"] == 1
+    assert _epoch(checkpoints / "latest.pt") == 1
 
     carbongeo(*args)  # resumes from latest.pt
     assert_same_training(checkpoints, reference / "runs" / "checkpoints")
@@ -426,7 +435,7 @@ def test_sigkill_while_saving_a_checkpoint(reference: Path, tmp_path: Path) -> N
     kill_at("train-save", 3, "-", args, site, watch_checkpoints(checkpoints))
     half_written = temporaries(checkpoints)
     assert len(half_written) == 1 and half_written[0].endswith(".pt")
-    assert load_checkpoint(checkpoints / "latest.pt")["epoch"] == 1
+    assert _epoch(checkpoints / "latest.pt") == 1
 
     carbongeo(*args)
     assert_same_training(checkpoints, reference / "runs" / "checkpoints")

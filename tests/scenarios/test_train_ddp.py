@@ -14,9 +14,11 @@ import torch.multiprocessing as mp
 from _cubes import YEARS, make_config, make_world
 
 from carbongeo.stages.split import load_split
-from carbongeo.stages.train import train, validate
-from carbongeo.store.checkpoint import load_checkpoint, model_from_checkpoint
+from carbongeo.stages.train import train
+from carbongeo.store.checkpoint import load_checkpoint
 from carbongeo.training.data import CubeDataset
+from carbongeo.training.loop import validate
+from carbongeo.training.setup import model_from_checkpoint
 
 WORLD_SIZE = 2
 
@@ -63,8 +65,8 @@ def test_two_processes_train_and_agree_with_one(tmp_path: Path) -> None:
     assert written == ["best.pt", "latest.pt", "train_log.csv"]  # one writer, no leftovers
 
     state = load_checkpoint(config.checkpoints_dir / "best.pt")
-    assert not any(k.startswith("module.") for k in state["model"])
-    model, norm = model_from_checkpoint(state)
+    assert not any(k.startswith("module.") for k in state.weights)
+    model, norm = model_from_checkpoint(state), state.normalization
     split = load_split(config.tiles_dir)
     data = CubeDataset(config.tiles_dir, split.val, list(YEARS), norm)
     loader = torch.utils.data.DataLoader(data, batch_size=5)

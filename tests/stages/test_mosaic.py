@@ -36,7 +36,7 @@ from carbongeo.stages.mosaic import (
     reproject_mass,
 )
 from carbongeo.stages.tile import TileIndex, TileRecord, cube_path, index_path
-from carbongeo.store.checkpoint import FORMAT, VERSION, plain, save_checkpoint
+from carbongeo.store.checkpoint import Checkpoint, save_checkpoint
 from carbongeo.training.normalization import Normalization
 
 WKT = CRS.from_epsg(32650).to_wkt()
@@ -366,20 +366,9 @@ def save_tiny_checkpoint(
         high_threshold=20.0,
         hotspot_threshold=40.0,
     )
-    state = {
-        "format": FORMAT,
-        "version": VERSION,
-        "model_config": dict(model.config),
-        "model": model.state_dict(),
-        "norm": norm.to_dict(),
-        "config": plain(config.raw),
-        "data_hash": config.data_hash(),
-        "bands": list(bands),
-        "scale": scale,
-        "tile_size": tile,
-    }
     path = config.checkpoints_dir / "best.pt"
-    save_checkpoint(path, state)
+    checkpoint = Checkpoint.for_inference(model, norm, config, bands=bands, tile_size=tile)
+    save_checkpoint(path, checkpoint)
     return path
 
 

@@ -18,14 +18,17 @@ import torch
 from _cubes import YEARS, make_world, write_split
 
 import carbongeo.stages.train as train_module
+import carbongeo.training.loop as loop_module
 from carbongeo.config import PipelineConfig
 from carbongeo.errors import CarbongeoError, CheckpointError
 from carbongeo.models.losses import HybridLoss
 from carbongeo.models.network import DSTCarbonFormer
 from carbongeo.stages.split import load_split
-from carbongeo.stages.train import LOG_COLUMNS, select_amp, train, validate
-from carbongeo.store.checkpoint import FORMAT, load_checkpoint, model_from_checkpoint
+from carbongeo.stages.train import train
+from carbongeo.store.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from carbongeo.training.data import CubeDataset
+from carbongeo.training.loop import LOG_COLUMNS, validate
+from carbongeo.training.setup import model_from_checkpoint
 
 # 4 train tiles x 3 years = 12 samples: 4 steps of 3 per epoch; 2 val tiles.
 RESUME_SETTINGS: dict[str, Any] = {"epochs": 2, "batch_size": 3, "warmup_epochs": 1}
@@ -52,7 +55,7 @@ def deterministic() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def straight_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def straight_run(tmp_path_factory: pytest.TempPathFactory) -> Checkpoint:
     """The state after an uninterrupted 2-epoch run, the reference for the resume tests."""
     torch.use_deterministic_algorithms(True)
     try:
@@ -63,12 +66,14 @@ def straight_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return load_checkpoint(config.checkpoints_dir / "latest.pt")
 
 
-def _assert_same_run(a: dict[str, Any], b: dict[str, Any]) -> None:
-    assert a["epoch"] == b["epoch"]
-    for name, value in a["model"].items():
-        assert torch.equal(value, b["model"][name]), name
+def _assert_same_run(a: Checkpoint, b: Checkpoint) -> None:
+    assert a.training is not None and b.training is not None
+    assert a.training.epoch == b.training.epoch
+    assert a.weights.keys() == b.weights.keys()
+    for name, value in a.weights.items():
+        assert torch.equal(value, b.weights[name]), name
     for key in ("val_mae", "train_loss", "lr"):
-        assert [row[key] for row in a["history"]] == [row[key] for row in b["history"]]
+        assert [row[key] for row in a.training.history] == [row[key] for row in b.training.history]
 
 
 def _val_loader(config: PipelineConfig, norm: Any) -> torch.utils.data.DataLoader[Any]:
@@ -78,17 +83,6 @@ def _val_loader(config: PipelineConfig, norm: Any) -> torch.utils.data.DataLoade
 
 
 # --------------------------------------------------------------------------- devices
-def test_select_amp_per_device(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert select_amp("cpu") == (False, torch.float32, False)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert select_amp("cpu") == (False, torch.float32, False)
-    assert select_amp("cuda") == (True, torch.bfloat16, False)
-    assert select_amp(torch.device("cuda", 0), enabled=False) == (False, torch.float32, False)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert select_amp("cuda") == (True, torch.float16, True)
-
-
 def test_cuda_without_gpu_is_a_user_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert train_module.resolve_device("auto") == torch.device("cpu")
@@ -111,9 +105,10 @@ def test_training_lowers_validation_mae(tmp_path: Path) -> None:
     assert all(float(r["val_mass_error"]) < 1e-4 for r in rows)  # the mass constraint holds
 
     best = load_checkpoint(result.best_path)
-    assert best["format"] == FORMAT and best["bands"] == ["b0", "b1"]
-    assert best["scale"] == 4 and best["tile_size"] == 32 and best["data_hash"]
-    model, norm = model_from_checkpoint(best)
+    assert best.bands == ("b0", "b1") and best.scale == 4 and best.tile_size == 32
+    assert best.data_hash == config.data_hash() and best.training is not None
+    assert best.training.best_metric == result.best_val_mae
+    model, norm = model_from_checkpoint(best), best.normalization
     loader = _val_loader(config, norm)
     trained = validate(model, loader, torch.device("cpu"), norm, 4)["mae"]
     assert trained == pytest.approx(result.best_val_mae, rel=1e-6)  # other batch size
@@ -127,21 +122,22 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     deterministic: None,
-    straight_run: dict[str, Any],
+    straight_run: Checkpoint,
 ) -> None:
     config = make_world(tmp_path, n_tiles=6, **RESUME_SETTINGS)
-    real_save = train_module.save_checkpoint
+    real_save = loop_module.save_checkpoint
 
-    def save_then_die(path: Path, state: dict[str, Any]) -> None:
-        real_save(path, state)
+    def save_then_die(path: Path, checkpoint: Checkpoint) -> None:
+        real_save(path, checkpoint)
         if Path(path).name == "latest.pt":
             raise Killed
 
-    monkeypatch.setattr(train_module, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(loop_module, "save_checkpoint", save_then_die)
     with pytest.raises(Killed):
         train(config, progress=False)
     monkeypatch.undo()
-    assert load_checkpoint(config.checkpoints_dir / "latest.pt")["epoch"] == 1
+    saved = load_checkpoint(config.checkpoints_dir / "latest.pt").training
+    assert saved is not None and saved.epoch == 1
 
     result = train(config, progress=False)
     assert result.epochs_run == 1
@@ -153,7 +149,7 @@ def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     deterministic: None,
-    straight_run: dict[str, Any],
+    straight_run: Checkpoint,
 ) -> None:
     config = make_world(tmp_path, n_tiles=6, **RESUME_SETTINGS)
     real_getitem = CubeDataset.__getitem__
@@ -171,9 +167,9 @@ def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(
     with pytest.raises(KeyboardInterrupt):
         train(config, progress=False)
     monkeypatch.undo()
-    state = load_checkpoint(config.checkpoints_dir / "latest.pt")
-    assert state["epoch"] == 1
-    assert (state["partial"]["epoch"], state["partial"]["step"]) == (2, 1)
+    state = load_checkpoint(config.checkpoints_dir / "latest.pt").training
+    assert state is not None and state.epoch == 1
+    assert state.partial is not None and (state.partial.epoch, state.partial.step) == (2, 1)
 
     result = train(config, progress=False)
     assert result.epochs_run == 1
@@ -211,7 +207,7 @@ def test_non_finite_loss_skips_the_batch(tmp_path: Path, monkeypatch: pytest.Mon
         row = next(csv.DictReader(f))
     assert int(row["skipped_batches"]) == 1
     assert math.isfinite(float(row["train_loss"]))
-    weights = load_checkpoint(result.latest_path)["model"]
+    weights = load_checkpoint(result.latest_path).weights
     assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
 
 
@@ -219,7 +215,7 @@ def test_empty_validation_split_falls_back_to_train(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     config = make_world(tmp_path, n_tiles=4, n_val=0, epochs=1, holdout_year=2020)
-    with caplog.at_level(logging.WARNING, logger="carbongeo.stages.train"):
+    with caplog.at_level(logging.WARNING, logger="carbongeo.training.setup"):
         result = train(config, progress=False, max_steps_per_epoch=1)
     assert "no validation tiles" in caplog.text
     assert result.best_path.is_file() and math.isfinite(result.best_val_mae)
@@ -229,8 +225,9 @@ def test_checkpoint_of_an_older_model_version_is_one_clear_error(tmp_path: Path)
     config = make_world(tmp_path, epochs=1)
     result = train(config, progress=False, max_steps_per_epoch=1)
     state = load_checkpoint(result.latest_path)
-    state["model"] = {k: v for k, v in state["model"].items() if k != "aux_prior.weight"}
-    torch.save(state, result.latest_path)
+    weights = {k: v for k, v in state.weights.items() if k != "aux_prior.weight"}
+    state = dataclasses.replace(state, weights=weights)
+    save_checkpoint(result.latest_path, state)
     with pytest.raises(CheckpointError, match="aux_prior.weight.*--no-resume") as info:
         train(config, epochs=2, progress=False)
     assert "\n" not in str(info.value)
