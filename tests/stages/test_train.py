@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import logging
 import math
 import os
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,6 @@ import carbongeo.stages.train as train_module
 import carbongeo.training.loop as loop_module
 from carbongeo.config import PipelineConfig
 from carbongeo.errors import CarbongeoError, CheckpointError
-from carbongeo.models.losses import HybridLoss
 from carbongeo.models.network import DSTCarbonFormer
 from carbongeo.stages.split import load_split
 from carbongeo.stages.train import train
@@ -191,33 +188,9 @@ def test_latest_from_another_configuration_is_refused(tmp_path: Path) -> None:
     assert train(config, progress=False, resume=False, max_steps_per_epoch=1).epochs_run == 1
 
 
-def test_non_finite_loss_skips_the_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    config = make_world(tmp_path, epochs=1)
-    real_forward = HybridLoss.forward
-    calls = {"n": 0}
-
-    def forward(self: HybridLoss, *args: Any) -> Any:
-        total, terms = real_forward(self, *args)
-        calls["n"] += 1
-        return (total * math.nan if calls["n"] == 1 else total), terms
-
-    monkeypatch.setattr(HybridLoss, "forward", forward)
-    result = train(config, progress=False)
-    with result.log_path.open() as f:
-        row = next(csv.DictReader(f))
-    assert int(row["skipped_batches"]) == 1
-    assert math.isfinite(float(row["train_loss"]))
-    weights = load_checkpoint(result.latest_path).weights
-    assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
-
-
-def test_empty_validation_split_falls_back_to_train(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_empty_validation_split_falls_back_to_train(tmp_path: Path) -> None:
     config = make_world(tmp_path, n_tiles=4, n_val=0, epochs=1, holdout_year=2020)
-    with caplog.at_level(logging.WARNING, logger="carbongeo.training.setup"):
-        result = train(config, progress=False, max_steps_per_epoch=1)
-    assert "no validation tiles" in caplog.text
+    result = train(config, progress=False, max_steps_per_epoch=1)
     assert result.best_path.is_file() and math.isfinite(result.best_val_mae)
 
 
@@ -234,13 +207,3 @@ def test_checkpoint_of_an_older_model_version_is_one_clear_error(tmp_path: Path)
     with pytest.raises(CheckpointError, match="another version of the model") as info:
         model_from_checkpoint(state)
     assert "\n" not in str(info.value)
-
-
-def test_log_seconds_are_not_counted_twice(tmp_path: Path) -> None:
-    config = make_world(tmp_path, epochs=2)
-    started = time.perf_counter()
-    result = train(config, progress=False)
-    elapsed = time.perf_counter() - started
-    with result.log_path.open() as f:
-        total = sum(float(row["seconds"]) for row in csv.DictReader(f))
-    assert 0 < total <= elapsed

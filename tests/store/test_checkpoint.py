@@ -187,7 +187,7 @@ def test_newer_version_is_refused(tmp_path: Path) -> None:
         (False, lambda s: s.update(scale="4"), "'scale' is str, expected int"),
         (False, lambda s: s.update(model={"w": [1.0]}), "not tensors"),
         (False, lambda s: s.update(norm={"aux_mean": [1.0]}), "malformed .*normalisation"),
-        (False, lambda s: s.update(optimizer={}), "no 'scheduler'"),
+        (False, lambda s: s.update(optimizer={}), "no 'epoch'"),
         (True, lambda s: s.update(epoch=True), "'epoch' is bool, expected int"),
         (True, lambda s: s.update(split={"train": [1]}), "no 'val'"),
     ],
