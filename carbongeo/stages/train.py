@@ -54,7 +54,6 @@ from carbongeo.evaluation.metrics import METRIC_NAMES, PooledMetrics
 from carbongeo.io.atomic import remove_stale_temps, write_text_atomic
 from carbongeo.models.losses import TERMS, HybridLoss
 from carbongeo.models.network import DSTCarbonFormer
-from carbongeo.stages.tile import TileIndex, load_index
 from carbongeo.store.checkpoint import (
     FORMAT,
     VERSION,
@@ -67,6 +66,7 @@ from carbongeo.store.checkpoint import (
     set_rng_state,
     strip_prefixes,
 )
+from carbongeo.store.tiles import TileIndex, load_index
 from carbongeo.training.data import CubeDataset, model_inputs
 from carbongeo.training.normalization import Normalization, compute_normalization
 
@@ -77,10 +77,6 @@ TEMPORAL = 3
 
 MIN_LR_FACTOR = 0.01
 """The cosine schedule ends at this fraction of ``train.lr``."""
-
-LATEST = "latest.pt"
-BEST = "best.pt"
-LOG_FILE = "train_log.csv"
 
 LOG_COLUMNS: tuple[str, ...] = (
     "epoch",
@@ -502,12 +498,12 @@ class _Trainer:
         self.device = device
         self.ctx = ctx
         self.progress = progress
-        self.out_dir = config.checkpoints_dir
-        self.latest_path = self.out_dir / LATEST
-        self.best_path = self.out_dir / BEST
-        self.log_path = self.out_dir / LOG_FILE
+        self.out_dir = config.layout.checkpoints_dir
+        self.latest_path = config.layout.latest_checkpoint
+        self.best_path = config.layout.best_checkpoint
+        self.log_path = config.layout.train_log
         tcfg = config.train
-        from carbongeo.stages.split import load_split
+        from carbongeo.store.split import load_split
 
         self.index = load_index(config.tiles_dir)
         _check_tiles(self.index, config)
@@ -663,8 +659,8 @@ class _Trainer:
         check_compatible(state, list(self.index.bands), self.index.scale, self.index.tile_size)
         if state.get("split") != self.split_ids:
             raise CheckpointError(
-                f"{self.latest_path} was trained on another split (tiles/split.json changed); "
-                "delete it or train without resuming (--no-resume) to start afresh"
+                f"{self.latest_path} was trained on another split ({config.layout.tiles.split} "
+                "changed); delete it or train without resuming (--no-resume) to start afresh"
             )
 
     def _restore(self, state: dict[str, Any]) -> None:

@@ -43,7 +43,7 @@ from rasterio._err import CPLE_AppDefinedError
 import carbongeo.stages.mosaic as mosaic_module
 from carbongeo.cli.app import main
 from carbongeo.grid import Window
-from carbongeo.stages.tile import load_index, read_window
+from carbongeo.store.tiles import load_index, read_window
 from carbongeo.synth import generate_world
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

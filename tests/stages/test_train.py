@@ -22,9 +22,9 @@ from carbongeo.config import PipelineConfig
 from carbongeo.errors import CarbongeoError, CheckpointError
 from carbongeo.models.losses import HybridLoss
 from carbongeo.models.network import DSTCarbonFormer
-from carbongeo.stages.split import load_split
 from carbongeo.stages.train import LOG_COLUMNS, select_amp, train, validate
 from carbongeo.store.checkpoint import FORMAT, load_checkpoint, model_from_checkpoint
+from carbongeo.store.split import load_split
 from carbongeo.training.data import CubeDataset
 
 # 4 train tiles x 3 years = 12 samples: 4 steps of 3 per epoch; 2 val tiles.
