@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from carbongeo.errors import ConfigError
+from carbongeo.store.layout import RunLayout
 
 Kind = Literal["extensive", "intensive", "categorical"]
 KINDS: tuple[str, ...] = ("extensive", "intensive", "categorical")
@@ -170,24 +171,29 @@ class PipelineConfig:
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
+    def layout(self) -> RunLayout:
+        """The names of every file the run makes under ``workdir``."""
+        return RunLayout(self.workdir)
+
+    @property
     def tiles_dir(self) -> Path:
         """``<workdir>/tiles``."""
-        return self.workdir / "tiles"
+        return self.layout.tiles_dir
 
     @property
     def checkpoints_dir(self) -> Path:
         """``<workdir>/checkpoints``."""
-        return self.workdir / "checkpoints"
+        return self.layout.checkpoints_dir
 
     @property
     def predictions_dir(self) -> Path:
         """``<workdir>/predictions``."""
-        return self.workdir / "predictions"
+        return self.layout.predictions_dir
 
     @property
     def reports_dir(self) -> Path:
         """``<workdir>/reports``."""
-        return self.workdir / "reports"
+        return self.layout.reports_dir
 
     @property
     def aux_names(self) -> list[str]:

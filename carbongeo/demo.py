@@ -87,7 +87,7 @@ def run_demo(
     report = stage("evaluate", lambda: evaluate(config, progress=progress))
     preview_year = _preview_year(config, report)
     previews = stage("preview", lambda: preview(config, preview_year))
-    reports = [config.reports_dir / "evaluation.md", config.reports_dir / "evaluation.json"]
+    reports = [config.layout.evaluation_md, config.layout.evaluation_json]
     reports += list(previews) if isinstance(previews, list | tuple) else [previews]
     return DemoResult(
         config_path=config_path,

@@ -13,8 +13,7 @@ from typing import Any
 import numpy as np
 
 from carbongeo.config import PipelineConfig
-from carbongeo.errors import CarbongeoError
-from carbongeo.stages.tile import load_index
+from carbongeo.store.tiles import TileIndex, load_index, open_aux_target
 from carbongeo.training.normalization import RunningMoments
 
 PERCENTILES = (1, 50, 99)
@@ -140,11 +139,10 @@ def check_data(
     tiles_dir = config.tiles_dir
     index = load_index(tiles_dir)
     chosen = years if years is not None else list(index.years)
-    bands = list(index.bands)
     warnings: list[str] = []
     per_year: dict[int, dict[str, dict[str, Any]]] = {}
     for year in chosen:
-        per_year[year] = _year_stats(tiles_dir, year, bands, seed)
+        per_year[year] = _year_stats(tiles_dir, index, year, seed)
         for name, stats in per_year[year].items():
             warnings.extend(_band_warnings(year, name, stats))
 
@@ -165,14 +163,9 @@ def check_data(
     return CheckReport(per_year, totals, warnings)
 
 
-def _year_stats(tiles_dir: Path, year: int, bands: list[str], seed: int) -> dict[str, dict]:
-    x_path, y_path = tiles_dir / f"X_{year}.npy", tiles_dir / f"Y_{year}.npy"
-    if not (x_path.is_file() and y_path.is_file()):
-        raise CarbongeoError(
-            f"no cubes for {year} in {tiles_dir}; run 'carbongeo tile --year {year}'"
-        )
-    x = np.load(x_path, mmap_mode="r")
-    y = np.load(y_path, mmap_mode="r")
+def _year_stats(tiles_dir: Path, index: TileIndex, year: int, seed: int) -> dict[str, dict]:
+    x, y = open_aux_target(tiles_dir, index, year)
+    bands = list(index.bands)
     rng = np.random.default_rng(seed)
     stats = {name: BandStats() for name in ["target", *bands]}
     # Running sums for the correlation of each aux band with log1p(target) on shared valid

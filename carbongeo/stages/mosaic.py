@@ -21,14 +21,12 @@ atomically.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,10 +38,10 @@ from tqdm import tqdm
 from carbongeo.device import resolve_device
 from carbongeo.errors import CarbongeoError, CheckpointError
 from carbongeo.grid import Grid, Window
-from carbongeo.io.atomic import commit, output_error, remove_quietly, remove_stale_temps, temp_path
-from carbongeo.io.cog import COGWriter
-from carbongeo.stages.tile import TileIndex, cube_path, load_index, read_window
 from carbongeo.store.checkpoint import Checkpoint, load_checkpoint
+from carbongeo.store.layout import missing_input
+from carbongeo.store.predictions import file_sha256, open_prediction_pair, prediction_done
+from carbongeo.store.tiles import TileIndex, check_cubes, load_index, open_cube, read_window
 from carbongeo.training.data import window_years
 from carbongeo.training.normalization import Normalization, aux_domain
 from carbongeo.training.setup import model_from_checkpoint
@@ -478,11 +476,9 @@ class CubeReader:
     def __call__(self, windows: Sequence[Window]) -> WindowBatch:
         s = self.grid.scale
         distinct = sorted(set(self.years))
-        aux_cubes = {y: np.load(cube_path(self.tiles_dir, "X", y), mmap_mode="r") for y in distinct}
+        aux_cubes = {y: open_cube(self.tiles_dir, "X", y) for y in distinct}
         kind = "C" if self.has_coarse else "Y"
-        coarse_cubes = {
-            y: np.load(cube_path(self.tiles_dir, kind, y), mmap_mode="r") for y in distinct
-        }
+        coarse_cubes = {y: open_cube(self.tiles_dir, kind, y) for y in distinct}
         centre = len(self.years) // 2
         aux_batch, coarse_batch = [], []
         for window in windows:
@@ -510,99 +506,6 @@ class CubeReader:
             valid=valid,
             mass=mass,
         )
-
-
-# --------------------------------------------------------------------------- outputs
-class _NpyRows:
-    """Write a float32 ``[height, width]`` ``.npy`` row block by row block under a temporary name.
-
-    The header is written first and rows are appended in order, so nothing of the array is held
-    or memory-mapped; :meth:`publish` renames the finished file.
-    """
-
-    def __init__(self, path: Path, height: int, width: int) -> None:
-        self.path = path
-        self.height = height
-        self.width = width
-        self.rows = 0
-        self._tmp = temp_path(path)
-        self._file = open(self._tmp, "wb")  # noqa: SIM115 - closed in publish/abort
-        header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False}
-        np.lib.format.write_array_header_1_0(self._file, {**header, "shape": (height, width)})
-
-    def write_rows(self, rows: np.ndarray) -> None:
-        self._file.write(np.ascontiguousarray(rows, dtype="<f4").data)
-        self.rows += rows.shape[0]
-
-    def finish(self) -> None:
-        if self.rows != self.height:
-            raise ValueError(f"{self.path}: only {self.rows} of {self.height} rows were written")
-        self._file.close()
-
-    def publish(self) -> None:
-        commit(self._tmp, self.path)
-
-    def abort(self) -> None:
-        self._file.close()
-        remove_quietly(self._tmp)
-
-
-@contextmanager
-def _prediction_outputs(
-    tif_path: Path, npy_path: Path, grid: Grid, tags: dict[str, str], units: str
-) -> Iterator[tuple[RowSink, COGWriter]]:
-    """Open ``Pred_<year>.tif`` and ``.npy`` for streaming; publish both only on success."""
-    for path in (tif_path, npy_path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(tif_path.parent)
-    tif = COGWriter(
-        tif_path,
-        crs=grid.crs,
-        transform=grid.transform,
-        height=grid.height,
-        width=grid.width,
-        dtype="float32",
-        nodata=math.nan,
-        tags=tags,
-        description=f"CO2 emissions {units}".strip(),
-        units=units or None,
-    )
-    tif.open()
-    try:
-        npy = _NpyRows(npy_path, grid.height, grid.width)
-    except OSError as err:
-        tif.abort()
-        raise output_error(npy_path, err) from err
-
-    def sink(rows: np.ndarray) -> None:
-        tif.write_rows(rows)
-        npy.write_rows(rows)
-
-    published: list[Path] = []
-    try:
-        yield sink, tif
-        tif.finish()
-        npy.finish()
-        npy.publish()
-        published.append(npy_path)
-        tif.publish()
-    except BaseException as err:
-        tif.abort()
-        npy.abort()
-        for path in published:  # never leave one file of the pair
-            remove_quietly(path)
-        if isinstance(err, OSError):
-            raise output_error(npy_path, err) from err
-        raise
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- years
@@ -644,32 +547,21 @@ class MosaicResult:
         return data
 
 
-def prediction_paths(config: PipelineConfig, year: int) -> tuple[Path, Path]:
-    """``(Pred_<year>.tif, Pred_<year>.npy)`` under ``config.predictions_dir``."""
-    folder = config.predictions_dir
-    return folder / f"Pred_{year}.tif", folder / f"Pred_{year}.npy"
-
-
 def input_years(index: TileIndex, year: int, temporal: int) -> tuple[int, ...]:
     """The ``temporal`` input years centred on ``year``, ends replicating the nearest tiled year.
 
     Raises:
         CarbongeoError: ``year`` is not tiled.
     """
+    index.require_year(year)
     tiled = sorted(int(y) for y in index.years)
-    if year not in tiled:
-        raise CarbongeoError(f"year {year} has not been tiled; run: carbongeo tile --year {year}")
     return tuple(window_years(year, temporal, tiled[0], tiled[-1]))
 
 
-def _check_cubes(tiles_dir: Path, years: Sequence[int], has_coarse: bool) -> None:
-    for year in sorted(set(years)):
-        for kind in ("X", "C" if has_coarse else "Y"):
-            path = cube_path(tiles_dir, kind, year)
-            if not path.is_file():
-                raise CarbongeoError(
-                    f"{path.name} is missing from {tiles_dir}; run: carbongeo tile --year {year}"
-                )
+def _check_inputs(tiles_dir: Path, index: TileIndex, years: Sequence[int]) -> None:
+    """The cubes :class:`CubeReader` reads: aux, and the coarse product or else the target."""
+    has_coarse = index.has_coarse
+    check_cubes(tiles_dir, index, years, target=not has_coarse, coarse=has_coarse)
 
 
 @dataclass(frozen=True)
@@ -700,7 +592,7 @@ def _run_year(
     config = job.config
     grid = index.grid
     years = input_years(index, job.year, model.temporal)
-    _check_cubes(config.tiles_dir, years, index.has_coarse)
+    _check_inputs(config.tiles_dir, index, years)
     reader = CubeReader(config.tiles_dir, grid, norm, years, index.has_coarse)
     predict = torch_predictor(model, resolve_device(job.device))
     units = index.target.get("units") or config.target.units
@@ -718,8 +610,9 @@ def _run_year(
         "input_years": ",".join(str(y) for y in years),
         "TIFFTAG_SOFTWARE": f"carbongeo {__version__}",
     }
-    tif_path, npy_path = prediction_paths(config, job.year)
-    with _prediction_outputs(tif_path, npy_path, grid, tags, units) as (sink, tif):
+    layout = config.layout
+    tif_path, npy_path = layout.prediction_tif(job.year), layout.prediction_npy(job.year)
+    with open_prediction_pair(tif_path, npy_path, grid, tags, units) as (sink, tif):
         stats = predict_scene(
             predict,
             reader,
@@ -819,7 +712,7 @@ def mosaic_years(
             or does not fit the tiles (:class:`~carbongeo.errors.CheckpointError`), or an output
             cannot be written.
     """
-    checkpoint = Path(checkpoint) if checkpoint is not None else config.checkpoints_dir / "best.pt"
+    checkpoint = Path(checkpoint) if checkpoint is not None else config.layout.best_checkpoint
     overlap = config.mosaic.overlap if overlap is None else overlap
     batch_size = config.mosaic.batch_size if batch_size is None else batch_size
     if batch_size < 1:
@@ -834,22 +727,20 @@ def mosaic_years(
 
     results: dict[int, MosaicResult] = {}
     todo: list[int] = []
+    layout = config.layout
     for year in dict.fromkeys(int(y) for y in years):
-        tif_path, npy_path = prediction_paths(config, year)
-        if tif_path.is_file() and npy_path.is_file() and not overwrite:
+        if prediction_done(layout, year) and not overwrite:
+            tif_path, npy_path = layout.prediction_tif(year), layout.prediction_npy(year)
             log.info("year %d: %s exists, skipped (use --overwrite to recompute)", year, tif_path)
             results[year] = MosaicResult(year, tif_path, npy_path, skipped=True)
         else:
             todo.append(year)
     if todo:
         if not checkpoint.is_file():
-            raise CheckpointError(
-                f"checkpoint not found: {checkpoint}; run: carbongeo train (or pass --checkpoint)"
-            )
+            raise missing_input(checkpoint, "carbongeo train", CheckpointError)
         model, norm, state = _load_model(checkpoint, index)
         for year in todo:  # every input is checked before the first year starts
-            years_in = input_years(index, year, model.temporal)
-            _check_cubes(config.tiles_dir, years_in, index.has_coarse)
+            _check_inputs(config.tiles_dir, index, input_years(index, year, model.temporal))
         model_id = file_sha256(checkpoint)[:16]
         threads = torch.get_num_threads()
         jobs = [

@@ -12,7 +12,6 @@ atomically.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -26,7 +25,11 @@ from mpl_toolkits.axes_grid1 import make_axes_locatable
 from carbongeo.config import PipelineConfig
 from carbongeo.errors import CarbongeoError
 from carbongeo.evaluation.baselines import upsample_blocks
-from carbongeo.stages.evaluate import EVALUATION_JSON, TileData, TileStore
+from carbongeo.stages.evaluate import proxy_bands, tile_baselines
+from carbongeo.store.predictions import require_prediction
+from carbongeo.store.reports import read_evaluation, write_figure
+from carbongeo.store.split import load_split
+from carbongeo.store.tiles import TileData, TileStore
 
 __all__ = ["best_baseline", "preview", "scene_map", "select_tiles"]
 
@@ -49,13 +52,13 @@ def select_tiles(store: TileStore, year: int, tile_ids: list[int], n_tiles: int)
 
 def best_baseline(config: PipelineConfig, store: TileStore) -> str:
     """The best baseline by MAE in ``evaluation.json``, else ``dasymetric:ntl`` or uniform."""
-    available = {"uniform", "bicubic", *(f"dasymetric:{b}" for b in store.proxy_bands())}
-    path = config.reports_dir / EVALUATION_JSON
-    if path.is_file():
+    available = {"uniform", "bicubic", *(f"dasymetric:{b}" for b in proxy_bands(store))}
+    report = read_evaluation(config.layout)
+    if report is not None:
         try:
-            sections = json.loads(path.read_text(encoding="utf-8")).get("sections", [])
+            sections = report.get("sections", [])
             name = sections[0].get("best_baseline") if sections else None
-        except (ValueError, AttributeError):
+        except (AttributeError, IndexError, KeyError, TypeError):
             name = None
         if name in available:
             return str(name)
@@ -68,8 +71,6 @@ def _units(config: PipelineConfig) -> str:
 
 def _sample_tiles(config: PipelineConfig, store: TileStore) -> list[int]:
     """Tiles of the evaluated split, or every tile when there is no split yet."""
-    from carbongeo.stages.split import load_split
-
     try:
         ids = load_split(config.tiles_dir).ids(config.evaluate.split)
     except CarbongeoError:
@@ -146,11 +147,7 @@ def preview(
         raise CarbongeoError(f"n_tiles must be >= 1, got {n_tiles}")
     folder = Path(out) if out is not None else config.reports_dir
     store = TileStore(config)
-    if not store.has_prediction(year):
-        raise CarbongeoError(
-            f"{store.prediction_path(year)} not found; run: carbongeo mosaic "
-            f"--config {config.path} --years {year}"
-        )
+    require_prediction(config.layout, year)
     tile_ids = select_tiles(store, year, _sample_tiles(config, store), n_tiles)
     if not tile_ids:
         raise CarbongeoError(f"{config.tiles_dir} holds no tiles; run: carbongeo tile")
@@ -177,10 +174,10 @@ def _write_panel(
     axes = fig.subplots(len(tiles), _N_COLUMNS, squeeze=False)
     emission_cmap, error_cmap, aux_cmap = _cmap(EMISSION_CMAP), _cmap(ERROR_CMAP), _cmap(AUX_CMAP)
     for row, tile in enumerate(tiles):
-        assert tile.prediction is not None
+        assert tile.truth is not None and tile.prediction is not None
         truth = tile.truth
         pred = np.where(tile.inside, tile.prediction, np.nan)
-        base = store.baselines(tile, [baseline])[baseline]
+        base = tile_baselines(store, tile, [baseline])[baseline]
         density = np.where(tile.inside, upsample_blocks(tile.coarse / float(s * s), s), np.nan)
         aux, aux_label = _aux_panel(store, tile)
         norm = _log_norm(truth, pred, base, density)
@@ -224,7 +221,7 @@ def _write_panel(
         fontsize=11,
     )
     fig.tight_layout()
-    return _save(fig, folder / f"preview_{year}.png")
+    return write_figure(fig, store.layout.preview_png(year, folder), dpi=DPI)
 
 
 def scene_map(
@@ -251,11 +248,7 @@ def scene_map(
     import rasterio
     from rasterio.enums import Resampling
 
-    path = config.predictions_dir / f"Pred_{year}.tif"
-    if not path.is_file():
-        raise CarbongeoError(
-            f"{path} not found; run: carbongeo mosaic --config {config.path} --years {year}"
-        )
+    path = require_prediction(config.layout, year, "tif")
     try:
         with rasterio.open(path) as src:
             factor = max(1, math.ceil(max(src.height, src.width) / max_pixels))
@@ -293,16 +286,4 @@ def scene_map(
     ax.yaxis.set_major_locator(MaxNLocator(5))
     ax.set_title(f"Predicted emissions {year} ({units})")
     fig.tight_layout()
-    return _save(fig, (Path(out) if out is not None else config.reports_dir) / f"scene_{year}.png")
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    from carbongeo.io.atomic import atomic_path, output_error
-
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=DPI)
-    except OSError as err:  # a file in the way of the folder, no permission, disk full
-        raise output_error(path, err) from err
-    return path
+    return write_figure(fig, config.layout.scene_png(year, out), dpi=DPI)

@@ -9,67 +9,16 @@ excluded, and every exclusion is counted by reason.
 
 from __future__ import annotations
 
-import json
 import random
 from collections import Counter
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from carbongeo.config import PipelineConfig, SplitConfig
 from carbongeo.errors import CarbongeoError
-from carbongeo.io.atomic import write_json_atomic
-from carbongeo.stages.tile import load_index
+from carbongeo.store.split import TileSplit, write_split
+from carbongeo.store.tiles import load_index
 
-SPLIT_FILE = "split.json"
-
-
-@dataclass(frozen=True)
-class TileSplit:
-    """Tile ids per subset, plus why the others were left out."""
-
-    train: list[int]
-    val: list[int]
-    test: list[int]
-    holdout_year: int | None = None
-    excluded: dict[str, int] = field(default_factory=dict)
-    block_tiles: int = 1
-    buffer_tiles: int = 1
-    seed: int = 0
-
-    def ids(self, subset: str) -> list[int]:
-        """The tile ids of ``train``, ``val`` or ``test``."""
-        if subset not in ("train", "val", "test"):
-            raise CarbongeoError(f"unknown split subset {subset!r}; use train, val or test")
-        return list(getattr(self, subset))
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form (the content of ``tiles/split.json``)."""
-        return {
-            "version": 1,
-            "train": self.train,
-            "val": self.val,
-            "test": self.test,
-            "holdout_year": self.holdout_year,
-            "excluded": self.excluded,
-            "block_tiles": self.block_tiles,
-            "buffer_tiles": self.buffer_tiles,
-            "seed": self.seed,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TileSplit:
-        """Inverse of :meth:`to_dict`."""
-        return cls(
-            train=[int(i) for i in data["train"]],
-            val=[int(i) for i in data["val"]],
-            test=[int(i) for i in data["test"]],
-            holdout_year=data.get("holdout_year"),
-            excluded={str(k): int(v) for k, v in data.get("excluded", {}).items()},
-            block_tiles=int(data.get("block_tiles", 1)),
-            buffer_tiles=int(data.get("buffer_tiles", 1)),
-            seed=int(data.get("seed", 0)),
-        )
+__all__ = ["TileSplit", "make_split", "split_tiles"]
 
 
 def make_split(tiles: list[dict[str, Any]], params: SplitConfig) -> TileSplit:
@@ -167,18 +116,5 @@ def split_tiles(config: PipelineConfig) -> TileSplit:
             "split: no tile is left for training; lower split.min_valid_fraction or "
             "split.buffer_tiles, or tile a larger area"
         )
-    write_json_atomic(config.tiles_dir / SPLIT_FILE, result.to_dict())
+    write_split(config.tiles_dir, result)
     return result
-
-
-def load_split(tiles_dir: Path) -> TileSplit:
-    """Read ``tiles/split.json``."""
-    path = tiles_dir / SPLIT_FILE
-    if not path.is_file():
-        raise CarbongeoError(f"{path} not found; run 'carbongeo split' first")
-    try:
-        return TileSplit.from_dict(json.loads(path.read_text()))
-    except (ValueError, KeyError, TypeError) as err:
-        raise CarbongeoError(
-            f"{path} is not a valid split file ({err}); rerun 'carbongeo split'"
-        ) from err

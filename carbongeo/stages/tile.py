@@ -1,17 +1,8 @@
 """``carbongeo tile``: align every source onto the grid and cut georeferenced year cubes.
 
-For each year the stage writes, under ``<workdir>/tiles``:
-
-* ``X_<year>.npy``: float32 ``[N, C_aux, ts, ts]``, the aux bands aligned to the grid, after their
-  ``transform`` (e.g. ``log1p``), not normalised; NaN is nodata;
-* ``Y_<year>.npy``: float32 ``[N, 1, ts, ts]``, the target aligned to the grid, physical units;
-* ``C_<year>.npy`` (only with a ``[coarse]`` product): float32 ``[N, 1, ts/s, ts/s]``, the coarse
-  product on the coarse grid (cells of ``scale x scale`` fine pixels), totals preserved;
-* ``index.json``: the grid, the years, band names, units, each tile's offset and valid fraction,
-  and the totals before and after alignment (format in :class:`TileIndex`).
-
-Tile ``i`` covers ``grid.tiles()[i].window`` of the padded grid; pixels past the scene are NaN. The
-cubes are ``.npy`` files that :func:`numpy.load` memory-maps (``mmap_mode="r"``).
+For each year the stage writes, under ``<workdir>/tiles``, the aux cube ``X_<year>.npy``, the
+target cube ``Y_<year>.npy``, the coarse-product cube ``C_<year>.npy`` (only with a ``[coarse]``
+product) and, last, ``index.json`` (formats and readers in :mod:`carbongeo.store.tiles`).
 
 The grid is processed in square blocks of tiles. Each block is one dask task that reads only the
 source windows it needs and writes its own tiles into the cubes, so memory stays bounded whatever
@@ -25,7 +16,6 @@ output.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -33,9 +23,9 @@ import shutil
 import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import dask
 import numpy as np
@@ -48,14 +38,8 @@ from tqdm import tqdm
 
 from carbongeo.config import PipelineConfig, SourceConfig
 from carbongeo.errors import ConfigError, GridError, InputDataError, OutputError
-from carbongeo.grid import Grid, Tile, Window
-from carbongeo.io.atomic import (
-    AtomicGroup,
-    file_lock,
-    output_error,
-    remove_stale_temps,
-    write_json_atomic,
-)
+from carbongeo.grid import Grid, Window
+from carbongeo.io.atomic import AtomicGroup, file_lock, output_error, remove_stale_temps
 from carbongeo.io.sources import (
     Bounds,
     RasterSource,
@@ -65,278 +49,36 @@ from carbongeo.io.sources import (
     source_total,
     validate_source,
 )
+from carbongeo.store.layout import CubeKind, TilesLayout
+from carbongeo.store.tiles import (
+    TileIndex,
+    TileRecord,
+    create_cube,
+    cube_shapes,
+    load_index,
+    write_block,
+    write_index,
+)
 
 log = logging.getLogger(__name__)
 
-INDEX_VERSION = 1
-INDEX_NAME = "index.json"
-CubeKind = Literal["X", "Y", "C"]
 # Default block side in pixels: about 4 MB per band of float32, a good balance between GDAL call
 # overhead and memory per parallel task.
 _BLOCK_PIXELS = 1024
-_LOCK_NAME = ".index.lock"
 # GDAL's block cache defaults to 5% of RAM and would grow with the scene; blocks are read about
 # once, so a small cache loses nothing and keeps memory flat (MB).
 _GDAL_CACHE_MB = 128
 
 
+# bench.py builds its scenes with these two; they go when it moves to the store's layout.
 def cube_path(tiles_dir: str | Path, kind: CubeKind, year: int) -> Path:
-    """Path of a year cube: ``X_<year>.npy`` (aux), ``Y_<year>.npy`` (target), ``C_<year>.npy``."""
-    if kind not in ("X", "Y", "C"):
-        raise ValueError(f"cube kind must be X, Y or C, got {kind!r}")
-    return Path(tiles_dir) / f"{kind}_{year}.npy"
+    """Path of a year cube (see :meth:`carbongeo.store.layout.TilesLayout.cube`)."""
+    return TilesLayout(Path(tiles_dir)).cube(kind, year)
 
 
 def index_path(tiles_dir: str | Path) -> Path:
-    """Path of ``index.json`` in a tiles folder."""
-    return Path(tiles_dir) / INDEX_NAME
-
-
-# --------------------------------------------------------------------------- the index
-@dataclass
-class TileRecord:
-    """One tile of the index: its id, pixel offset on the padded grid and valid fractions.
-
-    Attributes:
-        id: Tile id (row-major), the index along the cubes' first axis.
-        row: Row of the tile's upper-left pixel on the grid.
-        col: Column of the tile's upper-left pixel on the grid.
-        valid_fraction: Per year, the fraction of the tile's ``ts x ts`` pixels where the target is
-            valid (padding counts as invalid).
-    """
-
-    id: int
-    row: int
-    col: int
-    valid_fraction: dict[int, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON form: year keys become strings."""
-        return {
-            "id": self.id,
-            "row": self.row,
-            "col": self.col,
-            "valid_fraction": {str(y): f for y, f in sorted(self.valid_fraction.items())},
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TileRecord:
-        """Inverse of :meth:`to_dict`."""
-        return cls(
-            id=int(data["id"]),
-            row=int(data["row"]),
-            col=int(data["col"]),
-            valid_fraction={int(y): float(f) for y, f in data.get("valid_fraction", {}).items()},
-        )
-
-
-@dataclass
-class TileIndex:
-    """The content of ``tiles/index.json``.
-
-    JSON layout (``version`` 1)::
-
-        {"version": 1,
-         "grid": Grid.to_dict(),                    # CRS as WKT, transform, shape, tile_size, scale
-         "years": [2014, 2015],                     # every year with cubes on disk
-         "bands": ["ntl", "pop"],                   # aux channel order of X_<year>.npy
-         "aux": [{"name", "kind", "transform", "units"}, ...],
-         "target": {"units", "kind"},
-         "has_coarse": false,                       # C_<year>.npy written
-         "nodata": "NaN",
-         "tiles": [{"id", "row", "col", "valid_fraction": {"2014": 0.93, ...}}, ...],
-         "totals": {"2014": {"target_source", "target_aligned", "coarse_source",
-                             "coarse_aligned"}},    # coarse_* are null without [coarse]
-         "config_hash": "..."}
-
-    ``target_source`` sums the target file's valid pixels whose centres fall in the scene;
-    ``target_aligned`` sums ``Y_<year>.npy``. For a source inside the grid they agree to float
-    precision (about 1e-9 relative); for one that extends past the grid they differ by the mass of
-    the pixels cut by the scene edge (counted whole or not at all vs split by area). ``coarse_*``
-    are the same for the coarse product over the coarse cells that touch the scene.
-    """
-
-    grid: Grid
-    years: list[int]
-    bands: list[str]
-    aux: list[dict[str, str]]
-    target: dict[str, str]
-    has_coarse: bool
-    tiles: list[TileRecord]
-    totals: dict[int, dict[str, float | None]] = field(default_factory=dict)
-    config_hash: str = ""
-    nodata: str = "NaN"
-    version: int = INDEX_VERSION
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON-serialisable form written to ``index.json``."""
-        return {
-            "version": self.version,
-            "grid": self.grid.to_dict(),
-            "years": sorted(self.years),
-            "bands": list(self.bands),
-            "aux": [dict(a) for a in self.aux],
-            "target": dict(self.target),
-            "has_coarse": self.has_coarse,
-            "nodata": self.nodata,
-            "tiles": [t.to_dict() for t in self.tiles],
-            "totals": {str(y): dict(t) for y, t in sorted(self.totals.items())},
-            "config_hash": self.config_hash,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TileIndex:
-        """Inverse of :meth:`to_dict`.
-
-        Raises:
-            InputDataError: The data is not an index of a version this code reads.
-        """
-        try:
-            version = int(data["version"])
-            if version != INDEX_VERSION:
-                raise InputDataError(
-                    f"tile index version {version} is not supported (expected {INDEX_VERSION}); "
-                    "delete the tiles folder and run 'carbongeo tile' again"
-                )
-            return cls(
-                grid=Grid.from_dict(data["grid"]),
-                years=[int(y) for y in data["years"]],
-                bands=[str(b) for b in data["bands"]],
-                aux=[{str(k): str(v) for k, v in a.items()} for a in data["aux"]],
-                target={str(k): str(v) for k, v in data["target"].items()},
-                has_coarse=bool(data["has_coarse"]),
-                tiles=[TileRecord.from_dict(t) for t in data["tiles"]],
-                totals={int(y): dict(t) for y, t in data.get("totals", {}).items()},
-                config_hash=str(data.get("config_hash", "")),
-                nodata=str(data.get("nodata", "NaN")),
-                version=version,
-            )
-        except (KeyError, TypeError, ValueError, AttributeError, GridError) as err:
-            raise InputDataError(
-                f"tile index is damaged ({type(err).__name__}: {err}); delete the tiles folder "
-                "and run 'carbongeo tile' again"
-            ) from err
-
-    @property
-    def n_tiles(self) -> int:
-        """Number of tiles (the first axis of every cube)."""
-        return len(self.tiles)
-
-    @property
-    def tile_size(self) -> int:
-        """Tile side in fine pixels."""
-        return self.grid.tile_size
-
-    @property
-    def scale(self) -> int:
-        """Fine pixels per coarse cell side."""
-        return self.grid.scale
-
-    def position(self, tile_id: int) -> int:
-        """Row of tile ``tile_id`` along the first axis of the cubes.
-
-        Raises:
-            InputDataError: The tile id is not in the index (the split is older than the tiles).
-        """
-        cached = self.__dict__.get("_positions")
-        if cached is None or cached[0] is not self.tiles or len(cached[1]) != len(self.tiles):
-            cached = (self.tiles, {record.id: row for row, record in enumerate(self.tiles)})
-            self.__dict__["_positions"] = cached
-        positions: dict[int, int] = cached[1]
-        if tile_id not in positions:
-            raise InputDataError(
-                f"tile {tile_id} is not in the tile index; the split is older than the tiles, "
-                "rerun: carbongeo split"
-            )
-        return positions[tile_id]
-
-    def tile(self, tile_id: int) -> Tile:
-        """The grid :class:`~carbongeo.grid.Tile` of a tile id."""
-        record = self.tiles[self.position(tile_id)]
-        return Tile(record.id, record.row, record.col, self.grid.tile_size)
-
-    def valid_fractions(self, year: int) -> np.ndarray:
-        """Valid fraction of every tile for ``year`` (float64 ``[N]``).
-
-        Raises:
-            InputDataError: ``year`` has not been tiled.
-        """
-        if year not in self.years:
-            raise InputDataError(
-                f"year {year} has not been tiled (tiled: {self.years}); run 'carbongeo tile "
-                f"--year {year}'"
-            )
-        return np.array([t.valid_fraction.get(year, 0.0) for t in self.tiles], dtype=np.float64)
-
-
-def load_index(tiles_dir: str | Path) -> TileIndex:
-    """Read ``<tiles_dir>/index.json``.
-
-    Raises:
-        InputDataError: The index is missing or damaged.
-    """
-    path = index_path(tiles_dir)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as err:
-        raise InputDataError(f"{path} not found; run 'carbongeo tile' first") from err
-    except OSError as err:
-        raise InputDataError(f"{path}: cannot read ({err.strerror})") from err
-    try:
-        data = json.loads(text)
-    except ValueError as err:
-        raise InputDataError(
-            f"{path} is not valid JSON ({err}); delete the tiles folder and tile again"
-        ) from err
-    if not isinstance(data, dict):
-        raise InputDataError(f"{path} is not a tile index; delete the tiles folder and tile again")
-    return TileIndex.from_dict(data)
-
-
-# --------------------------------------------------------------------------- windows
-def read_window(
-    cube: np.ndarray, index_or_grid: TileIndex | Grid, window: Window, fill: float = np.nan
-) -> np.ndarray:
-    """Assemble an arbitrary window from a tile cube.
-
-    Works on any cube of the tile layout (``[N, C, t, t]`` with ``N`` = tile rows x tile cols of
-    the grid), including memory-mapped ones: only the tiles the window touches are read. The
-    window is in pixels of the cube's own resolution: fine pixels for ``X``/``Y`` cubes, coarse
-    cells for ``C`` cubes (whose tile side is ``tile_size / scale``).
-
-    Args:
-        cube: The cube ``[N, C, t, t]``.
-        index_or_grid: The tile index or the grid the cube was cut from.
-        window: Pixels to read; it may straddle tiles, the padding, or leave the padded grid.
-        fill: Value of the pixels outside the padded grid.
-
-    Returns:
-        Array ``[C, window.height, window.width]`` of the cube's dtype.
-    """
-    grid = index_or_grid.grid if isinstance(index_or_grid, TileIndex) else index_or_grid
-    if cube.ndim != 4 or cube.shape[-1] != cube.shape[-2]:
-        raise ValueError(f"expected a cube [N, C, t, t], got shape {cube.shape}")
-    n_tiles, channels, size = cube.shape[0], cube.shape[1], cube.shape[-1]
-    if n_tiles != grid.tile_rows * grid.tile_cols:
-        raise ValueError(
-            f"cube has {n_tiles} tiles but the grid has {grid.tile_rows} x {grid.tile_cols}"
-        )
-    out = np.full((channels, window.height, window.width), fill, dtype=cube.dtype)
-    inside = window.clip(grid.tile_rows * size, grid.tile_cols * size)
-    if inside.height == 0 or inside.width == 0:
-        return out
-    row_end, col_end = inside.row + inside.height, inside.col + inside.width
-    for tile_row in range(inside.row // size, (row_end - 1) // size + 1):
-        r0, r1 = max(inside.row, tile_row * size), min(row_end, (tile_row + 1) * size)
-        for tile_col in range(inside.col // size, (col_end - 1) // size + 1):
-            c0, c1 = max(inside.col, tile_col * size), min(col_end, (tile_col + 1) * size)
-            tile = cube[tile_row * grid.tile_cols + tile_col]
-            out[:, r0 - window.row : r1 - window.row, c0 - window.col : c1 - window.col] = tile[
-                :,
-                r0 - tile_row * size : r1 - tile_row * size,
-                c0 - tile_col * size : c1 - tile_col * size,
-            ]
-    return out
+    """Path of ``index.json`` (see :attr:`carbongeo.store.layout.TilesLayout.index`)."""
+    return TilesLayout(Path(tiles_dir)).index
 
 
 # --------------------------------------------------------------------------- the grid
@@ -488,25 +230,6 @@ def apply_transform(values: np.ndarray, name: str) -> np.ndarray:
     raise ValueError(f"unknown transform {name!r}")
 
 
-def _write_tiles(path: str, block: Block, data: np.ndarray, tile_size: int, tile_cols: int) -> None:
-    """Write a block ``[C, h, w]`` into the tiles it covers of the cube at ``path``.
-
-    The cube is opened here (memory-mapped, ``r+``) and closed again, so any thread or process
-    can write its own disjoint tiles, and the written pages do not accumulate in this process.
-    """
-    cube = np.load(path, mmap_mode="r+")
-    try:
-        n_cols = block.c1 - block.c0
-        for i, tile_row in enumerate(range(block.r0, block.r1)):
-            band = data[:, i * tile_size : (i + 1) * tile_size, :]
-            tiles = band.reshape(data.shape[0], tile_size, n_cols, tile_size).transpose(2, 0, 1, 3)
-            first = tile_row * tile_cols + block.c0
-            cube[first : first + n_cols] = tiles
-        cube.flush()
-    finally:
-        del cube
-
-
 class _Aligner:
     """Aligns bands on one block window, once per source file even when years share it."""
 
@@ -560,10 +283,10 @@ def _run_block(job: _BlockJob) -> list[_BlockResult]:
             aux[channel] = apply_transform(align(band), band.transform)
         coarse = align(plan.coarse, coarse=True)[None] if plan.coarse is not None else None
         try:
-            _write_tiles(out.y_path, block, target, ts, grid.tile_cols)
-            _write_tiles(out.x_path, block, aux, ts, grid.tile_cols)
+            write_block(out.y_path, target, block.r0, block.c0, grid.tile_cols)
+            write_block(out.x_path, aux, block.r0, block.c0, grid.tile_cols)
             if coarse is not None and out.c_path is not None:
-                _write_tiles(out.c_path, block, coarse, ts // grid.scale, grid.tile_cols)
+                write_block(out.c_path, coarse, block.r0, block.c0, grid.tile_cols)
         except OSError as err:
             raise output_error(err.filename or out.y_path, err) from err
         valid = np.isfinite(target[0])
@@ -641,7 +364,7 @@ def _index_meta(config: PipelineConfig) -> dict[str, Any]:
 
 
 def _existing_index(tiles_dir: Path) -> TileIndex | None:
-    return load_index(tiles_dir) if index_path(tiles_dir).exists() else None
+    return load_index(tiles_dir) if TilesLayout(tiles_dir).index.exists() else None
 
 
 def _check_compatible(
@@ -664,15 +387,6 @@ def _check_compatible(
             f"coarse: the existing tiles in {tiles_dir} were cut "
             f"{'with' if existing.has_coarse else 'without'} a [coarse] product; {fix}"
         )
-
-
-def _cube_shapes(grid: Grid, n_aux: int, has_coarse: bool) -> dict[CubeKind, tuple[int, ...]]:
-    n = grid.tile_rows * grid.tile_cols
-    ts = grid.tile_size
-    shapes: dict[CubeKind, tuple[int, ...]] = {"X": (n, n_aux, ts, ts), "Y": (n, 1, ts, ts)}
-    if has_coarse:
-        shapes["C"] = (n, 1, ts // grid.scale, ts // grid.scale)
-    return shapes
 
 
 def _check_free_space(tiles_dir: Path, needed: int) -> None:
@@ -811,11 +525,12 @@ def tile_years(
     plans = _plan_years(config, grid, years)
     meta = _index_meta(config)
     tiles_dir = config.tiles_dir
+    tiles = config.layout.tiles
     existing = _existing_index(tiles_dir)
     if existing is not None:
         _check_compatible(existing, grid, meta, tiles_dir)
 
-    shapes = _cube_shapes(grid, len(config.aux), config.coarse is not None)
+    shapes = cube_shapes(grid, len(config.aux), config.coarse is not None)
     try:
         tiles_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -831,11 +546,8 @@ def tile_years(
         for plan in plans:
             paths: dict[str, str] = {}
             for kind, shape in shapes.items():
-                tmp = group.add(cube_path(tiles_dir, kind, plan.year))
-                try:
-                    np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
-                except OSError as err:
-                    raise output_error(tmp, err) from err
+                tmp = group.add(tiles.cube(kind, plan.year))
+                create_cube(tmp, shape)
                 paths[kind] = str(tmp)
             outputs.append(_YearOutput(plan, paths["X"], paths["Y"], paths.get("C")))
         tasks: list[Any] = []
@@ -860,15 +572,20 @@ def tile_years(
         source_totals = dict(zip(total_keys, results[len(tasks) :], strict=True))
         _check_target_values(plans, block_results)  # before anything is committed
 
-        with file_lock(tiles_dir / _LOCK_NAME):
+        with file_lock(tiles.index_lock):
             # Re-read under the lock: another run may have added years meanwhile.
             existing = _existing_index(tiles_dir)
             if existing is not None:
                 _check_compatible(existing, grid, meta, tiles_dir)
             index = _merge_index(existing, grid, meta, config, plans, block_results, source_totals)
             group.commit()
-            index.years = [y for y in index.years if _cubes_exist(tiles_dir, y, index.has_coarse)]
-            write_json_atomic(index_path(tiles_dir), index.to_dict())
+            index.years = [
+                y
+                for y in index.years
+                if all(tiles.cube(kind, y).exists() for kind in index.cube_kinds(y))
+            ]
+            index.target_years = [y for y in index.target_years or [] if y in index.years]
+            write_index(tiles_dir, index)
     _warn_on_totals(plans, index)
     return index
 
@@ -945,11 +662,6 @@ def _total_key(band: _Band) -> str:
     return f"{band.source.path}|{band.source.band}|{band.source.nodata}|{band.source.variable}"
 
 
-def _cubes_exist(tiles_dir: Path, year: int, has_coarse: bool) -> bool:
-    kinds: tuple[CubeKind, ...] = ("X", "Y", "C") if has_coarse else ("X", "Y")
-    return all(cube_path(tiles_dir, k, year).exists() for k in kinds)
-
-
 def _merge_index(
     existing: TileIndex | None,
     grid: Grid,
@@ -964,8 +676,10 @@ def _merge_index(
     totals: dict[int, dict[str, float | None]] = {}
     new_years = {plan.year for plan in plans}
     old_years: list[int] = []
+    old_target_years: set[int] = set()
     if existing is not None:
         old_years = [y for y in existing.years if y not in new_years]
+        old_target_years = {y for y in old_years if existing.has_target(y)}
         for record, old in zip(tiles, existing.tiles, strict=True):
             record.valid_fraction = {y: f for y, f in old.valid_fraction.items() if y in old_years}
         totals = {y: t for y, t in existing.totals.items() if y in old_years}
@@ -993,6 +707,7 @@ def _merge_index(
         tiles=tiles,
         totals=totals,
         config_hash=config.data_hash(),
+        target_years=sorted(old_target_years | new_years),  # every tiled year has a target
     )
 
 

@@ -37,9 +37,9 @@ import torch
 from carbongeo.config import PipelineConfig
 from carbongeo.device import resolve_device
 from carbongeo.errors import CarbongeoError
-from carbongeo.stages.split import load_split
-from carbongeo.stages.tile import load_index
 from carbongeo.store.checkpoint import TrainedSplit
+from carbongeo.store.split import load_split
+from carbongeo.store.tiles import load_index
 from carbongeo.training.distributed import DistContext, init_distributed, process_device, shutdown
 from carbongeo.training.loop import Trainer, TrainFiles
 from carbongeo.training.setup import (
@@ -53,10 +53,6 @@ from carbongeo.training.setup import (
     training_years,
     wrap,
 )
-
-LATEST = "latest.pt"
-BEST = "best.pt"
-LOG_FILE = "train_log.csv"
 
 
 @dataclass(frozen=True)
@@ -132,8 +128,10 @@ def _train(
     max_steps_per_epoch: int | None,
 ) -> TrainResult:
     """Prepare the run (data, resumed state, model) and train it, in this process."""
-    folder = config.checkpoints_dir
-    files = TrainFiles(folder, folder / LATEST, folder / BEST, folder / LOG_FILE)
+    layout = config.layout
+    files = TrainFiles(
+        layout.checkpoints_dir, layout.latest_checkpoint, layout.best_checkpoint, layout.train_log
+    )
     index = load_index(config.tiles_dir)
     check_tiles(index, config)
     split = load_split(config.tiles_dir)

@@ -56,7 +56,7 @@ from carbongeo.training.normalization import Normalization
 if TYPE_CHECKING:
     from carbongeo.config import PipelineConfig
     from carbongeo.models.network import DSTCarbonFormer
-    from carbongeo.stages.split import TileSplit
+    from carbongeo.store.split import TileSplit
 
 FORMAT = "carbongeo-checkpoint"
 VERSION = 1

@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from carbongeo.errors import CarbongeoError
-from carbongeo.stages.tile import load_index
+from carbongeo.store.tiles import check_cubes, load_index, open_aux_target
 from carbongeo.training.normalization import aux_domain
 
 if TYPE_CHECKING:
@@ -114,14 +114,8 @@ class CubeDataset(Dataset[dict[str, Any]]):
             series = (years[0], years[-1]) if years else (0, 0)
         first, last = series
         self.windows = {y: window_years(y, temporal, first, last) for y in years}
-        needed = sorted({w for window in self.windows.values() for w in window})
-        for year in needed:
-            for prefix in ("X", "Y"):
-                if not (self.tiles_dir / f"{prefix}_{year}.npy").is_file():
-                    raise CarbongeoError(
-                        f"tiles for year {year} are missing from {self.tiles_dir} "
-                        f"({prefix}_{year}.npy); run: carbongeo tile --year {year}"
-                    )
+        needed = {w for window in self.windows.values() for w in window}
+        check_cubes(self.tiles_dir, self.index, needed, target=True, coarse=False)
         self.samples = [
             (int(tile_id), self.index.position(int(tile_id)), year)
             for tile_id in tile_ids
@@ -143,10 +137,7 @@ class CubeDataset(Dataset[dict[str, Any]]):
             self._cubes = {}
             self._pid = os.getpid()
         if year not in self._cubes:
-            self._cubes[year] = (
-                np.load(self.tiles_dir / f"X_{year}.npy", mmap_mode="r"),
-                np.load(self.tiles_dir / f"Y_{year}.npy", mmap_mode="r"),
-            )
+            self._cubes[year] = open_aux_target(self.tiles_dir, self.index, year)
         return self._cubes[year]
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:

@@ -31,7 +31,6 @@ from carbongeo.config import PipelineConfig
 from carbongeo.evaluation.metrics import METRIC_NAMES, PooledMetrics
 from carbongeo.io.atomic import remove_stale_temps, write_text_atomic
 from carbongeo.models.losses import TERMS
-from carbongeo.stages.tile import TileIndex
 from carbongeo.store.checkpoint import (
     Checkpoint,
     EpochProgress,
@@ -41,6 +40,7 @@ from carbongeo.store.checkpoint import (
     rng_state,
     save_checkpoint,
 )
+from carbongeo.store.tiles import TileIndex
 from carbongeo.training.data import model_inputs
 from carbongeo.training.distributed import DistContext, all_reduce, barrier
 from carbongeo.training.interrupt import DeferredInterrupt, InterruptGuard

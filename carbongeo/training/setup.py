@@ -25,14 +25,14 @@ from carbongeo.config import PipelineConfig, TrainConfig
 from carbongeo.errors import CarbongeoError, CheckpointError
 from carbongeo.models.losses import HybridLoss
 from carbongeo.models.network import DSTCarbonFormer
-from carbongeo.stages.split import TileSplit
-from carbongeo.stages.tile import TileIndex
 from carbongeo.store.checkpoint import (
     Checkpoint,
     TrainedSplit,
     load_checkpoint,
     set_rng_state,
 )
+from carbongeo.store.split import TileSplit
+from carbongeo.store.tiles import TileIndex
 from carbongeo.training.data import CubeDataset
 from carbongeo.training.distributed import DistContext, EpochSampler, ShardSampler
 from carbongeo.training.normalization import Normalization, compute_normalization

@@ -40,10 +40,10 @@ from click.testing import CliRunner, Result
 from conftest import write_netcdf, write_raster
 from rasterio._err import CPLE_AppDefinedError
 
-import carbongeo.stages.mosaic as mosaic_module
+import carbongeo.store.predictions as predictions_module
 from carbongeo.cli.app import main
 from carbongeo.grid import Window
-from carbongeo.stages.tile import load_index, read_window
+from carbongeo.store.tiles import load_index, read_window
 from carbongeo.synth import generate_world
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -685,7 +685,7 @@ def _npy_disk_full(monkeypatch: pytest.MonkeyPatch) -> None:
         file = builtins.open(path, mode, *args, **kwargs)  # noqa: SIM115 - the caller closes it
         return FullDisk(file) if "w" in mode else file  # reads (the checkpoint hash) work
 
-    monkeypatch.setattr(mosaic_module, "open", fake_open, raising=False)
+    monkeypatch.setattr(predictions_module, "open", fake_open, raising=False)
 
 
 def _cog_disk_full(monkeypatch: pytest.MonkeyPatch) -> None:

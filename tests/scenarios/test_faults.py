@@ -80,7 +80,7 @@ def after(owner, attr, path_of=lambda args: None):
 
 if hook == "tile-block":  # a block has written its tiles into the temporary cubes
     import carbongeo.stages.tile as m
-    after(m, "_write_tiles")
+    after(m, "write_block")
 elif hook == "tile-commit":  # some cubes renamed into place, the others not yet
     import carbongeo.io.atomic as m
     after(m, "commit")
@@ -99,7 +99,7 @@ elif hook == "train-save":  # half of a checkpoint written to its temporary file
 
     torch.save = save
 elif hook == "mosaic-rows":  # rows streamed into a year's temporary outputs
-    import carbongeo.stages.mosaic as m
+    import carbongeo.store.predictions as m
     after(m._NpyRows, "write_rows", lambda args: args[0].path)
 elif hook == "mosaic-publish":  # Pred_<year>.npy renamed into place, the .tif not yet
     import carbongeo.io.cog as m

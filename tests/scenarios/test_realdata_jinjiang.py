@@ -23,7 +23,8 @@ from click.testing import CliRunner
 from carbongeo.cli.app import main
 from carbongeo.config import load_config
 from carbongeo.grid import Window
-from carbongeo.stages.tile import coarse_scene_grid, load_index, read_window, tile_years
+from carbongeo.stages.tile import coarse_scene_grid, tile_years
+from carbongeo.store.tiles import load_index, read_window
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = Path(__file__).resolve().parents[3] / "shared" / "realdata" / "jinjiang_co2"

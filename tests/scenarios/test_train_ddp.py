@@ -13,9 +13,9 @@ import torch
 import torch.multiprocessing as mp
 from _cubes import YEARS, make_config, make_world
 
-from carbongeo.stages.split import load_split
 from carbongeo.stages.train import train
 from carbongeo.store.checkpoint import load_checkpoint
+from carbongeo.store.split import load_split
 from carbongeo.training.data import CubeDataset
 from carbongeo.training.loop import validate
 from carbongeo.training.setup import model_from_checkpoint

@@ -22,7 +22,7 @@ from carbongeo.stages.evaluate import (
     hotspot_mask,
     ssim_map,
 )
-from carbongeo.stages.tile import TileIndex, TileRecord
+from carbongeo.store.tiles import TileIndex, TileRecord, write_index
 
 TS, S = 16, 4
 YEARS = (2020, 2021)
@@ -88,13 +88,13 @@ def make_run(
             pred = truth * rng.uniform(0.7, 1.3, truth.shape)
             config.predictions_dir.mkdir(parents=True, exist_ok=True)
             np.save(config.predictions_dir / f"Pred_{year}.npy", pred.astype(np.float32))
-    write_index(tiles_dir, config, YEARS, has_coarse=with_coarse)
+    write_run_index(tiles_dir, config, YEARS, has_coarse=with_coarse)
     if split:
         (tiles_dir / "split.json").write_text(json.dumps({**SPLIT, "holdout_year": holdout_year}))
     return config
 
 
-def write_index(
+def write_run_index(
     tiles_dir: Path, config: PipelineConfig, years: tuple[int, ...], *, has_coarse: bool
 ) -> None:
     index = TileIndex(
@@ -106,7 +106,7 @@ def write_index(
         has_coarse=has_coarse,
         tiles=[TileRecord(t.id, t.row, t.col, {y: 1.0 for y in years}) for t in GRID.tiles()],
     )
-    (tiles_dir / "index.json").write_text(json.dumps(index.to_dict()))
+    write_index(tiles_dir, index)
 
 
 def block_sum_cube(cube: np.ndarray) -> np.ndarray:

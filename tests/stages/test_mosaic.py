@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Sequence
@@ -35,8 +34,9 @@ from carbongeo.stages.mosaic import (
     predict_scene,
     reproject_mass,
 )
-from carbongeo.stages.tile import TileIndex, TileRecord, cube_path, index_path
 from carbongeo.store.checkpoint import Checkpoint, save_checkpoint
+from carbongeo.store.layout import TilesLayout
+from carbongeo.store.tiles import TileIndex, TileRecord, load_index, write_index
 from carbongeo.training.normalization import Normalization
 
 WKT = CRS.from_epsg(32650).to_wkt()
@@ -315,6 +315,7 @@ def build_run(
     grid = Grid(WKT, TRANSFORM, height, width, tile_size=tile, scale=scale)
     rows, cols = grid.padded_shape
     tiles_dir = config.tiles_dir
+    tiles = TilesLayout(tiles_dir)
     tiles_dir.mkdir(parents=True)
     rng = np.random.default_rng(7)
     for year in YEARS:
@@ -325,11 +326,11 @@ def build_run(
         target = np.full((1, rows, cols), np.nan, dtype=np.float32)
         target[0, :height, :width] = rng.gamma(2.0, 5.0, (height, width))
         target[0, :16, :16] = np.nan  # target nodata: four coarse cells are nodata
-        np.save(cube_path(tiles_dir, "X", year), cut_tiles(aux, grid, tile))
-        np.save(cube_path(tiles_dir, "Y", year), cut_tiles(target, grid, tile))
+        np.save(tiles.cube("X", year), cut_tiles(aux, grid, tile))
+        np.save(tiles.cube("Y", year), cut_tiles(target, grid, tile))
         if has_coarse:
             product = coarse_from_fine(target, scale) * 1.5 + 1.0
-            np.save(cube_path(tiles_dir, "C", year), cut_tiles(product, grid, tile // scale))
+            np.save(tiles.cube("C", year), cut_tiles(product, grid, tile // scale))
     index = TileIndex(
         grid=grid,
         years=list(YEARS),
@@ -339,7 +340,7 @@ def build_run(
         has_coarse=has_coarse,
         tiles=[TileRecord(t.id, t.row, t.col, {}) for t in grid.tiles()],
     )
-    index_path(tiles_dir).write_text(json.dumps(index.to_dict()))
+    write_index(tiles_dir, index)
     save_tiny_checkpoint(config, bands, scale, tile)
     return config
 
@@ -374,8 +375,8 @@ def save_tiny_checkpoint(
 
 def scene_of(config: PipelineConfig, kind: str, year: int) -> np.ndarray:
     """Reassemble a cube into its padded scene ``[C, rows, cols]``."""
-    index = TileIndex.from_dict(json.loads(index_path(config.tiles_dir).read_text()))
-    cube = np.load(cube_path(config.tiles_dir, kind, year))  # type: ignore[arg-type]
+    index = load_index(config.tiles_dir)
+    cube = np.load(TilesLayout(config.tiles_dir).cube(kind, year))  # type: ignore[arg-type]
     grid, size = index.grid, cube.shape[-1]
     out = np.empty((cube.shape[1], grid.tile_rows * size, grid.tile_cols * size), np.float32)
     for i, tile in enumerate(cube):
@@ -539,7 +540,7 @@ def test_failed_overwrite_keeps_the_previous_outputs(
 
 def test_missing_cube_names_the_tile_command(tmp_path: Path) -> None:
     config = build_run(tmp_path, height=40, width=40)
-    cube_path(config.tiles_dir, "X", 2021).unlink()
+    TilesLayout(config.tiles_dir).cube("X", 2021).unlink()
     with pytest.raises(CarbongeoError, match=r"carbongeo tile --year 2021"):
         mosaic_years(config, [2020], device="cpu", progress=False)  # 2021 is an input year
     with pytest.raises(CarbongeoError, match=r"carbongeo tile --year 2019"):

@@ -14,9 +14,8 @@ from matplotlib.image import imread
 from carbongeo.config import PipelineConfig, parse_config
 from carbongeo.errors import CarbongeoError
 from carbongeo.grid import Grid
-from carbongeo.stages.evaluate import TileStore
 from carbongeo.stages.preview import best_baseline, preview, scene_map, select_tiles
-from carbongeo.stages.tile import TileIndex, TileRecord
+from carbongeo.store.tiles import TileIndex, TileRecord, TileStore
 
 TS, S, YEAR = 16, 4, 2020
 GRID = Grid("EPSG:32650", Affine(1000.0, 0, 300000.0, 0, -1000.0, 4000000.0), 28, 40, TS, S)

@@ -10,9 +10,9 @@ from rasterio.transform import from_origin
 from carbongeo.config import SplitConfig, load_config
 from carbongeo.errors import CarbongeoError
 from carbongeo.grid import Grid
-from carbongeo.io.atomic import write_json_atomic
-from carbongeo.stages.split import load_split, make_split, split_tiles
-from carbongeo.stages.tile import TileIndex, TileRecord, index_path
+from carbongeo.stages.split import make_split, split_tiles
+from carbongeo.store.split import load_split
+from carbongeo.store.tiles import TileIndex, TileRecord, write_index
 
 
 def grid_tiles(rows: int, cols: int, fraction: float = 1.0) -> list[dict]:
@@ -91,7 +91,7 @@ def test_split_tiles_writes_json(tmp_path: Path) -> None:
         has_coarse=False,
         tiles=[TileRecord(t.id, t.row, t.col, {2014: 1.0, 2015: 0.0}) for t in grid.tiles()],
     )
-    write_json_atomic(index_path(config.tiles_dir), index.to_dict())
+    write_index(config.tiles_dir, index)
     result = split_tiles(config)
     again = load_split(config.tiles_dir)
     assert again == result

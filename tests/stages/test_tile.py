@@ -18,15 +18,9 @@ from carbongeo.config import PipelineConfig
 from carbongeo.errors import CarbongeoError, ConfigError, InputDataError
 from carbongeo.grid import Grid, Window
 from carbongeo.io.sources import RasterSource, align_window, validate_source
-from carbongeo.stages.tile import (
-    TileIndex,
-    build_grid,
-    cube_path,
-    load_index,
-    plan_blocks,
-    read_window,
-    tile_years,
-)
+from carbongeo.stages.tile import build_grid, plan_blocks, tile_years
+from carbongeo.store.layout import TilesLayout
+from carbongeo.store.tiles import TileIndex, load_index, open_cube, read_window
 
 HEIGHT, WIDTH = 200, 333  # odd scene: 4 x 6 tiles of 64 px, padded to 256 x 384
 YEARS = (2014, 2015)
@@ -122,6 +116,7 @@ def test_cubes_and_index(tiled: PipelineConfig) -> None:
     index = json.loads((tiles / "index.json").read_text())
     assert index["version"] == 1
     assert index["years"] == list(YEARS)
+    assert index["target_years"] == list(YEARS)  # every tiled year has a target
     assert index["bands"] == ["ntl", "lc", "pop"]
     assert index["aux"][0] == {
         "name": "ntl",
@@ -142,21 +137,21 @@ def test_cubes_and_index(tiled: PipelineConfig) -> None:
         "valid_fraction": {"2014": 1.0, "2015": 1.0},
     }
     for year in YEARS:
-        x = np.load(cube_path(tiles, "X", year), mmap_mode="r")
-        y = np.load(cube_path(tiles, "Y", year), mmap_mode="r")
+        x = open_cube(tiles, "X", year)
+        y = open_cube(tiles, "Y", year)
         assert x.shape == (24, 3, 64, 64) and y.shape == (24, 1, 64, 64)
         assert x.dtype == np.float32 and y.dtype == np.float32
     loaded = load_index(tiles)
     assert loaded.to_dict() == index
     fractions = loaded.valid_fractions(2014)
-    y = np.load(cube_path(tiles, "Y", 2014), mmap_mode="r")
+    y = open_cube(tiles, "Y", 2014)
     np.testing.assert_allclose(fractions, np.isfinite(y).mean(axis=(1, 2, 3)))
 
 
 def test_target_is_copied_exactly_with_nodata_as_nan(tiled: PipelineConfig) -> None:
     index = load_index(tiled.tiles_dir)
     for year in YEARS:
-        y = np.load(cube_path(tiled.tiles_dir, "Y", year), mmap_mode="r")
+        y = open_cube(tiled.tiles_dir, "Y", year)
         scene = _scene(y, index.grid)[0]
         expected = _target(year)
         expected[expected == -9999.0] = np.nan
@@ -174,8 +169,8 @@ def test_target_is_copied_exactly_with_nodata_as_nan(tiled: PipelineConfig) -> N
 def test_aux_bands(tiled: PipelineConfig) -> None:
     index = load_index(tiled.tiles_dir)
     grid = index.grid
-    x14 = np.load(cube_path(tiled.tiles_dir, "X", 2014), mmap_mode="r")
-    x15 = np.load(cube_path(tiled.tiles_dir, "X", 2015), mmap_mode="r")
+    x14 = open_cube(tiled.tiles_dir, "X", 2014)
+    x15 = open_cube(tiled.tiles_dir, "X", 2015)
     # log1p after alignment, not normalised.
     source = RasterSource("ntl", str(tiled.aux[0].path_for(2014)), "intensive")
     raw = align_window(source, validate_source(source, grid), grid, Window(0, 0, HEIGHT, WIDTH))
@@ -206,7 +201,7 @@ def test_spike_is_placed_by_the_index_transform(tmp_path: Path) -> None:
 
     index = json.loads((config.tiles_dir / "index.json").read_text())
     grid = Grid.from_dict(index["grid"])
-    y = np.load(cube_path(config.tiles_dir, "Y", 2014))
+    y = np.asarray(open_cube(config.tiles_dir, "Y", 2014))
     tile_id, _, row, col = (int(v) for v in np.argwhere(y == 42.0)[0])
     tile = index["tiles"][tile_id]
     tile_transform = grid.tile_transform(grid.tiles()[tile_id])
@@ -224,7 +219,7 @@ def test_spike_is_placed_by_the_index_transform(tmp_path: Path) -> None:
     )
     assert tile_transform @ (col + 0.5, row + 0.5) == utm_transform() @ (271.5, 150.5)
 
-    x = np.load(cube_path(config.tiles_dir, "X", 2014))
+    x = np.asarray(open_cube(config.tiles_dir, "X", 2014))
     lon, lat = ntl_transform @ (234.5, 123.5)
     (px,), (py,) = warp_transform(WGS84, UTM50, [lon], [lat])
     tile_id, row, col = (int(v) for v in np.argwhere(x[:, 0] == np.nanmax(x[:, 0]))[0])
@@ -253,7 +248,7 @@ def test_geographic_target_on_utm_grid_keeps_total(tmp_path: Path) -> None:
     totals = index.totals[2014]
     assert totals["target_source"] == pytest.approx(expected, rel=1e-9)
     assert abs(totals["target_aligned"] / expected - 1) < 1e-4
-    y = np.load(cube_path(config.tiles_dir, "Y", 2014), mmap_mode="r")
+    y = open_cube(config.tiles_dir, "Y", 2014)
     assert abs(float(np.nansum(y, dtype=np.float64)) / expected - 1) < 1e-4
     assert index.grid.resolution == (2000.0, 2000.0)
 
@@ -282,7 +277,7 @@ def test_coarse_product_keeps_totals_on_the_coarse_grid(tmp_path: Path) -> None:
     index = _tile(config)
     assert index.has_coarse
     for year in YEARS:
-        c = np.load(cube_path(config.tiles_dir, "C", year), mmap_mode="r")
+        c = open_cube(config.tiles_dir, "C", year)
         assert c.shape == (24, 1, 8, 8) and c.dtype == np.float32
         totals = index.totals[year]
         assert totals["coarse_source"] == pytest.approx(expected[year], rel=1e-9)
@@ -301,28 +296,12 @@ def test_coarse_on_coarse_lattice_is_exact(tmp_path: Path) -> None:
     write_raster(folder / "data" / "coarse.tif", coarse, UTM50, utm_transform(res=8000.0))
     config = _config(folder)
     index = tile_years(config, [2014], progress=False)
-    c = np.load(cube_path(config.tiles_dir, "C", 2014))
+    c = np.asarray(open_cube(config.tiles_dir, "C", 2014))
     np.testing.assert_array_equal(read_window(c, index, Window(0, 0, 25, 42))[0], coarse)
     assert index.totals[2014]["coarse_source"] == pytest.approx(float(coarse.sum()))
 
 
-# --------------------------------------------------------------------------- windows
-def test_read_window_straddling_four_tiles(tiled: PipelineConfig) -> None:
-    index = load_index(tiled.tiles_dir)
-    y = np.load(cube_path(tiled.tiles_dir, "Y", 2014), mmap_mode="r")
-    x = np.load(cube_path(tiled.tiles_dir, "X", 2014), mmap_mode="r")
-    expected = _target(2014)
-    expected[expected == -9999.0] = np.nan
-    window = Window(40, 50, 50, 30)  # rows 40-89, cols 50-79: tiles (0,0) (0,1) (1,0) (1,1)
-    np.testing.assert_array_equal(read_window(y, index, window)[0], expected[window.slices()])
-    scene_x = read_window(x, index.grid, Window(0, 0, 256, 384))
-    np.testing.assert_array_equal(read_window(x, index, window), scene_x[:, 40:90, 50:80])
-    # Outside the padded grid: fill.
-    outside = read_window(y, index, Window(-5, 380, 10, 10), fill=-1.0)[0]
-    assert (outside[:5] == -1).all() and (outside[:, 4:] == -1).all()
-    np.testing.assert_array_equal(outside[5:, :4], np.full((5, 4), np.nan), strict=False)
-
-
+# --------------------------------------------------------------------------- blocks
 def test_plan_blocks_cover_every_tile_once() -> None:
     grid = Grid(UTM50, utm_transform(), HEIGHT, WIDTH, 64, 8)
     for size in (1, 2, 3, 10):
@@ -338,6 +317,7 @@ def test_second_year_is_merged_and_other_settings_refused(tmp_path: Path) -> Non
     _tile(config, (2014,))
     index = _tile(config, (2015,))
     assert index.years == [2014, 2015]
+    assert load_index(config.tiles_dir).target_years == [2014, 2015]
     assert set(index.tiles[0].valid_fraction) == {2014, 2015}
     assert set(load_index(config.tiles_dir).totals) == {2014, 2015}
 
@@ -351,17 +331,6 @@ def test_second_year_is_merged_and_other_settings_refused(tmp_path: Path) -> Non
     with pytest.raises(ConfigError, match="other bands"):
         _tile(_config(tmp_path), (2015,))
     assert load_index(config.tiles_dir).years == [2014, 2015]
-
-
-def test_load_index_errors(tmp_path: Path) -> None:
-    with pytest.raises(InputDataError, match="carbongeo tile"):
-        load_index(tmp_path)
-    (tmp_path / "index.json").write_text("{not json")
-    with pytest.raises(InputDataError, match="not valid JSON"):
-        load_index(tmp_path)
-    (tmp_path / "index.json").write_text('{"version": 1}')
-    with pytest.raises(InputDataError, match="damaged"):
-        load_index(tmp_path)
 
 
 def test_build_grid_from_target_or_config(tmp_path: Path) -> None:
@@ -382,7 +351,7 @@ def test_netcdf_aux(tmp_path: Path) -> None:
     toml.write_text(toml.read_text().replace("data/ntl_{year}.tif", "data/ntl.nc"))
     config = _config(folder)
     tile_years(config, [2014], progress=False)
-    x = np.load(cube_path(config.tiles_dir, "X", 2014), mmap_mode="r")
+    x = open_cube(config.tiles_dir, "X", 2014)
     ntl = np.expm1(x[:, 0])
     finite = ntl[np.isfinite(ntl)]
     assert finite.size > 0 and finite.min() >= 0 and finite.max() <= 1.0 + 1e-5
@@ -471,7 +440,7 @@ def test_cubes_do_not_depend_on_block_size(tmp_path: Path) -> None:
         toml.write_text(original.replace('workdir = "run"', f'workdir = "run_{block_tiles}"'))
         config = _config(folder)
         tile_years(config, [2014], progress=False, block_tiles=block_tiles)
-        cubes.append([cube_path(config.tiles_dir, k, 2014).read_bytes() for k in ("X", "Y")])
+        cubes.append([TilesLayout(config.tiles_dir).cube(k, 2014).read_bytes() for k in ("X", "Y")])
     assert cubes[0] == cubes[1]
 
 

@@ -20,9 +20,9 @@ import carbongeo.training.loop as loop_module
 from carbongeo.config import PipelineConfig
 from carbongeo.errors import CarbongeoError, CheckpointError
 from carbongeo.models.network import DSTCarbonFormer
-from carbongeo.stages.split import load_split
 from carbongeo.stages.train import train
 from carbongeo.store.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from carbongeo.store.split import load_split
 from carbongeo.training.data import CubeDataset
 from carbongeo.training.loop import LOG_COLUMNS, validate
 from carbongeo.training.setup import model_from_checkpoint

@@ -18,9 +18,9 @@ import carbongeo.training.loop as loop_module
 from carbongeo.evaluation.metrics import METRIC_NAMES
 from carbongeo.models.losses import HybridLoss
 from carbongeo.models.network import DSTCarbonFormer
-from carbongeo.stages.split import load_split
 from carbongeo.stages.train import train
 from carbongeo.store.checkpoint import load_checkpoint
+from carbongeo.store.split import load_split
 from carbongeo.training.data import CubeDataset
 from carbongeo.training.interrupt import DeferredInterrupt, InterruptGuard
 from carbongeo.training.loop import LOG_COLUMNS, validate, write_log

@@ -13,9 +13,9 @@ from _cubes import make_config, make_world
 
 from carbongeo.config import PipelineConfig, parse_config
 from carbongeo.errors import CarbongeoError, CheckpointError
-from carbongeo.stages.split import load_split
-from carbongeo.stages.tile import load_index
 from carbongeo.store.checkpoint import Checkpoint, TrainedSplit, load_checkpoint, save_checkpoint
+from carbongeo.store.split import load_split
+from carbongeo.store.tiles import load_index
 from carbongeo.training.distributed import DistContext
 from carbongeo.training.normalization import Normalization
 from carbongeo.training.setup import (
