@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from carbongeo.ops.blocks import block_sum
+
 METRIC_NAMES: tuple[str, ...] = ("mae", "rmse", "r2", "ssim", "mass_error", "hotspot_mae")
 
 SSIM_WINDOW = 11
@@ -146,12 +148,12 @@ class PooledMetrics:
             values["ssim_count"] = full.sum()
         if coarse is not None:
             c = _as_images(coarse).to(p.device).double()
-            blocks = _block_sum(p, self.scale)
+            blocks = block_sum(p, self.scale)
             if blocks.shape != c.shape:
                 raise ValueError(
                     f"coarse {tuple(c.shape)} does not match the block sums {tuple(blocks.shape)}"
                 )
-            valid_blocks = _block_sum(m.double(), self.scale) == self.scale**2
+            valid_blocks = block_sum(m.double(), self.scale) == self.scale**2
             values["mass_abs_err"] = torch.where(valid_blocks, (blocks - c).abs(), 0.0).sum()
             values["mass_coarse"] = torch.where(valid_blocks, c.abs(), 0.0).sum()
         vector = torch.zeros(len(_FIELDS), dtype=torch.float64, device=p.device)
@@ -179,13 +181,6 @@ class PooledMetrics:
             "n_pixels": n,
             "n_hotspot": s["hot_count"],
         }
-
-
-def _block_sum(x: Tensor, scale: int) -> Tensor:
-    height, width = x.shape[-2:]
-    if height % scale or width % scale:
-        raise ValueError(f"field {height}x{width} is not a multiple of scale {scale}")
-    return x.reshape(*x.shape[:-2], height // scale, scale, width // scale, scale).sum((-3, -1))
 
 
 def regression_metrics(

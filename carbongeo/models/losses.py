@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from carbongeo.models.constraints import block_sum
+from carbongeo.ops.blocks import block_sum
 
 TERMS: tuple[str, ...] = ("pixel", "ssim", "edge", "consistency", "tv")
 

@@ -19,7 +19,8 @@ Definitions (``t`` truth, ``p`` prediction, over evaluated pixels):
   truth's top cells;
 * ``mass_err_max`` / ``mass_err_mean``: ``|block sum of p - coarse| / coarse`` over the coarse
   cells with a coarse value > 0 and at least one finite prediction pixel, against the coarse input
-  (the real coarse product when tiled, else the truth summed over blocks);
+  (the real coarse product when tiled, else the truth summed over blocks;
+  :func:`carbongeo.ops.mass.block_mass_errors`);
 * ``mass_on_zero_truth``: share of the predicted mass put on cells whose truth is exactly 0 (e.g.
   water); ``mass_on_water``: share put on cells where an aux band named ``water`` is 1.
 """
@@ -37,9 +38,12 @@ from scipy import ndimage
 
 from carbongeo.config import PipelineConfig
 from carbongeo.errors import CarbongeoError
-from carbongeo.evaluation.baselines import block_sum, run_baselines, unplaced_mass
+from carbongeo.evaluation.baselines import run_baselines
 from carbongeo.grid import Window
-from carbongeo.training.normalization import RunningMoments, aux_domain
+from carbongeo.ops.blocks import block_sum
+from carbongeo.ops.domain import aux_domain
+from carbongeo.ops.mass import block_mass_errors, unplaced_mass
+from carbongeo.training.normalization import RunningMoments
 
 __all__ = [
     "METRICS",
@@ -49,7 +53,6 @@ __all__ = [
     "SsimReference",
     "TileData",
     "TileStore",
-    "block_mass_errors",
     "compute_metrics",
     "evaluate",
     "hotspot_mask",
@@ -155,26 +158,6 @@ def ssim_map(
         ``[H, W]`` float64 SSIM, NaN outside ``mask``.
     """
     return SsimReference(truth, mask, data_range, window=window).map(pred)
-
-
-def block_mass_errors(pred: np.ndarray, coarse: np.ndarray, s: int) -> np.ndarray:
-    """Relative block-sum errors ``|sum_block(pred) - coarse| / coarse``.
-
-    Only coarse cells with a finite value > 0 and at least one finite prediction pixel count.
-
-    Args:
-        pred: ``[h * s, w * s]`` fine prediction (NaN nodata).
-        coarse: ``[h, w]`` coarse values.
-        s: Scale.
-
-    Returns:
-        1-D float64 array of the counted cells' relative errors.
-    """
-    coarse = np.asarray(coarse, dtype=np.float64)
-    placed = block_sum(np.isfinite(pred), s) > 0
-    counted = placed & np.isfinite(coarse) & (coarse > 0)
-    sums = block_sum(pred, s)
-    return np.abs(sums[counted] - coarse[counted]) / coarse[counted]
 
 
 def hotspot_mask(values: np.ndarray, fraction: float = HOTSPOT_FRACTION) -> np.ndarray:
@@ -603,7 +586,7 @@ class TileStore:
         if c_cube is not None:
             coarse = np.asarray(c_cube[position, 0], dtype=np.float64)
         else:
-            coarse = block_sum(np.where(inside, truth, np.nan), s)
+            coarse = block_sum(np.where(inside, truth, np.nan), s, nodata_as_zero=True)
 
         prediction = None
         if cubes["pred"] is not None:

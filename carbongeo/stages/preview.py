@@ -25,7 +25,7 @@ from mpl_toolkits.axes_grid1 import make_axes_locatable
 
 from carbongeo.config import PipelineConfig
 from carbongeo.errors import CarbongeoError
-from carbongeo.evaluation.baselines import upsample_blocks
+from carbongeo.ops.blocks import upsample_blocks
 from carbongeo.stages.evaluate import EVALUATION_JSON, TileData, TileStore
 
 __all__ = ["best_baseline", "preview", "scene_map", "select_tiles"]

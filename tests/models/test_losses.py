@@ -8,8 +8,8 @@ import pytest
 import torch
 from pytorch_msssim import ssim as reference_ssim
 
-from carbongeo.models.constraints import block_sum
 from carbongeo.models.losses import TERMS, HybridLoss, ssim_map
+from carbongeo.ops.blocks import block_sum
 
 SCALE = 4
 VALUE_SCALE = 20.0
