@@ -21,7 +21,7 @@ Everything here is pure numpy on one tile or scene, in float64.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -33,6 +33,7 @@ __all__ = [
     "bicubic",
     "bicubic_density",
     "dasymetric",
+    "method_names",
     "run_baselines",
     "uniform",
 ]
@@ -73,6 +74,11 @@ BASELINES: dict[str, Callable[[np.ndarray, int, np.ndarray], np.ndarray]] = {
     "uniform": uniform,
     "bicubic": bicubic,
 }
+
+
+def method_names(proxy_bands: Sequence[str]) -> list[str]:
+    """The names of every baseline, as keys of :func:`run_baselines`, for the given proxies."""
+    return [*BASELINES, *(f"dasymetric:{band}" for band in proxy_bands)]
 
 
 def run_baselines(

@@ -44,8 +44,9 @@ class Normalization:
         value_scale: Mean of the positive target pixels, in physical units.
         high_threshold: The ``loss.high_quantile`` quantile of the positive target pixels; pixels
             above it are weighted up in the loss.
-        hotspot_threshold: The 0.99 quantile of the positive target pixels; the hotspot MAE is
-            computed over target pixels at or above it.
+        hotspot_threshold: The 0.99 quantile of the positive target pixels; the validation
+            metric ``mae_above_threshold`` is computed over target pixels at or above it, and
+            it is the data range of the validation ``ssim_gauss11``.
     """
 
     aux_mean: tuple[float, ...]
