@@ -301,9 +301,10 @@ def _image(values: np.ndarray) -> Tensor:
     return torch.from_numpy(np.asarray(values, dtype=np.float64))[None, None]
 
 
-def _ssim_sum(reference: SsimReference, pred: np.ndarray) -> float:
-    """Sum of the SSIM map of ``pred`` over the reference's mask."""
-    return float(np.nansum(reference.map(_image(pred)).numpy()))
+def _ssim_sums(reference: SsimReference, preds: np.ndarray) -> np.ndarray:
+    """Sum of the SSIM map of each ``[N, H, W]`` prediction over the reference's mask."""
+    maps = reference.map(torch.from_numpy(preds)[:, None]).numpy()
+    return np.nansum(maps.reshape(len(preds), -1), axis=1)
 
 
 def hotspot_mask(values: np.ndarray, fraction: float = HOTSPOT_FRACTION) -> np.ndarray:
@@ -428,8 +429,7 @@ class MetricPool:
             self.has_water = True
             on_water = np.asarray(water, dtype=bool)[mask]
         truth_full = np.where(mask, truth, 0.0)
-        ssim_ref = report_ssim(truth_full, mask, self.data_range)
-        ssim_log_ref = report_ssim(log1p_clipped(truth_full), mask, self.log_data_range)
+        fulls = []
         for name in self.methods:
             pred = np.asarray(preds[name], dtype=np.float64)
             acc = self._sums[name]
@@ -447,16 +447,27 @@ class MetricPool:
             if on_water is not None:
                 acc.pred_on_water += float(p[on_water].sum())
             acc.nodata_pixels += int((~finite[mask]).sum())
-            if t.size:
-                acc.ssim += _ssim_sum(ssim_ref, p_full)
-                acc.ssim_log += _ssim_sum(ssim_log_ref, log1p_clipped(p_full))
-                acc.ssim_pixels += int(t.size)
             errors = block_mass_errors(pred, coarse, s)
             if errors.size:
                 acc.mass_err_max = max(acc.mass_err_max, float(errors.max()))
                 acc.mass_err_sum += float(errors.sum())
                 acc.mass_err_cells += int(errors.size)
             acc.values.append(p.astype(np.float32))
+            fulls.append(p_full)
+        if t.size and fulls:
+            # Every method against the tile's truth at once: the truth's statistics are computed
+            # once and the filters run on one batch.
+            stacked = np.stack(fulls)
+            ssim = _ssim_sums(report_ssim(truth_full, mask, self.data_range), stacked)
+            ssim_log = _ssim_sums(
+                report_ssim(log1p_clipped(truth_full), mask, self.log_data_range),
+                log1p_clipped(stacked),
+            )
+            for k, name in enumerate(self.methods):
+                acc = self._sums[name]
+                acc.ssim += float(ssim[k])
+                acc.ssim_log += float(ssim_log[k])
+                acc.ssim_pixels += int(t.size)
 
     def results(self, *, hotspot_threshold: float | None = None) -> dict[str, dict[str, float]]:
         """The pooled metrics per method.

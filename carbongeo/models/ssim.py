@@ -147,14 +147,20 @@ class SsimReference:
             size = min(size, height, width)
             size = size if size % 2 else size - 1
         self.size = size
-        self.padding = padding
         self.c1 = (K1 * data_range) ** 2
         self.c2 = (K2 * data_range) ** 2
-        weights = window.weights(size, dtype=y.dtype, device=y.device)
-        channels = y.shape[1]
-        self._horizontal = weights.reshape(1, 1, 1, size).expand(channels, 1, 1, size)
-        self._vertical = weights.reshape(1, 1, size, 1).expand(channels, 1, size, 1)
-        self._groups = channels
+        # A uniform window is a box mean (a sum of shifted slices divided by the size, as scipy's
+        # uniform_filter): a float64 convolution takes a slow path on the CPU.
+        self._box = window.kind == "uniform"
+        self._groups = y.shape[1]
+        # Indexed by the filtered dim: -2 the height (vertical kernel), -1 the width.
+        self._kernels: tuple[Tensor, Tensor] | None = None
+        if not self._box:
+            weights = window.weights(size, dtype=y.dtype, device=y.device)
+            self._kernels = (
+                weights.reshape(1, 1, size, 1).expand(self._groups, 1, size, 1),
+                weights.reshape(1, 1, 1, size).expand(self._groups, 1, 1, size),
+            )
         self._rows: Tensor | None = None
         self._cols: Tensor | None = None
         if padding == "reflect":
@@ -184,12 +190,23 @@ class SsimReference:
         self.var_y = self._scaled(self._mean(y * y) - self.mu_y * self.mu_y)
 
     def _blur(self, z: Tensor) -> Tensor:
+        """The window filter, separable: along the width, then along the height."""
         if self._cols is not None:
             z = z.index_select(-1, self._cols)
-        z = F.conv2d(z, self._horizontal, groups=self._groups)
+        z = self._filter(z, -1)
         if self._rows is not None:
             z = z.index_select(-2, self._rows)
-        return F.conv2d(z, self._vertical, groups=self._groups)
+        return self._filter(z, -2)
+
+    def _filter(self, z: Tensor, dim: int) -> Tensor:
+        """The 1-D window along ``dim`` at every 'valid' position."""
+        if self._kernels is not None:
+            return F.conv2d(z, self._kernels[dim], groups=self._groups)
+        length = z.shape[dim] - self.size + 1
+        total = z.narrow(dim, 0, length)
+        for offset in range(1, self.size):
+            total = total + z.narrow(dim, offset, length)
+        return total / self.size
 
     def _mean(self, z: Tensor) -> Tensor:
         """Local mean: over the window, or over its masked pixels."""
@@ -200,14 +217,22 @@ class SsimReference:
         return moment if self._cov_norm is None else self._cov_norm * moment
 
     def map(self, x: Tensor) -> Tensor:
-        """The SSIM map of ``x`` (shaped like the reference) against the reference.
+        """The SSIM map of ``x`` against the reference.
+
+        Args:
+            x: ``[B, C, H, W]`` shaped like the reference, or ``[N, C, H, W]`` (several fields
+                at once) against a reference with a batch of 1.
 
         Returns:
             ``[B, C, H, W]`` with ``"reflect"`` padding (NaN outside the mask), else
             ``[B, C, H - k + 1, W - k + 1]`` for the window size ``k`` used: position ``(i, j)``
             is centred on pixel ``(i + k // 2, j + k // 2)``.
         """
-        if x.shape != self.y.shape:
+        if (
+            x.dim() != 4
+            or x.shape[1:] != self.y.shape[1:]
+            or self.y.shape[0] not in (1, x.shape[0])
+        ):
             raise ValueError(f"field {tuple(x.shape)} does not match {tuple(self.y.shape)}")
         if self.mask is not None:
             x = torch.where(self.mask, x, 0.0)

@@ -153,6 +153,16 @@ def test_masked_ssim_ignores_the_values_under_the_mask() -> None:
     assert bool(torch.isnan(a[~mask]).all())
 
 
+def test_a_batch_of_fields_against_one_reference_equals_one_at_a_time() -> None:
+    x, y = _images(6, (3, 1, 14, 18), torch.float64)
+    mask = torch.rand(1, 1, 14, 18, generator=torch.Generator().manual_seed(6)) > 0.2
+    reference = SsimReference(y[:1], data_range=4.0, window=UNIFORM_7, padding="reflect", mask=mask)
+    batch = reference.map(x)
+    assert batch.shape == x.shape
+    for k in range(3):
+        torch.testing.assert_close(batch[k : k + 1], reference.map(x[k : k + 1]), equal_nan=True)
+
+
 def test_reflect_indices_mirror_the_edge_sample_like_numpy_symmetric() -> None:
     for length, pad in [(5, 3), (4, 3), (2, 3), (1, 3)]:
         expected = np.pad(np.arange(length), pad, mode="symmetric")
