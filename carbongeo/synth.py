@@ -28,6 +28,7 @@ from scipy import ndimage
 
 from carbongeo.errors import ConfigError, OutputError
 from carbongeo.grid import Grid
+from carbongeo.ops.blocks import block_sum
 
 __all__ = [
     "CONFIG_NAME",
@@ -558,14 +559,8 @@ def _decay(exponent: np.ndarray) -> np.ndarray:
     return np.where(exponent < 60.0, np.exp(-np.minimum(exponent, 60.0)), 0.0)
 
 
-def _block_sum(array: np.ndarray, factor: int) -> np.ndarray:
-    height, width = array.shape
-    blocks = array.reshape(height // factor, factor, width // factor, factor)
-    return blocks.sum(axis=(1, 3), dtype=np.float64)
-
-
 def _block_mean(array: np.ndarray, factor: int) -> np.ndarray:
-    return _block_sum(array, factor) / float(factor * factor)
+    return block_sum(array, factor) / float(factor * factor)
 
 
 def _normal(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -681,7 +676,7 @@ def _build_world(seed: int, spec: SynthSize) -> _World:
     water = sea | rivers | lakes
     elevation[sea] = 0.0
 
-    water_km = _block_sum(water.astype(np.float32), _SUB) > 0
+    water_km = block_sum(water.astype(np.float32), _SUB) > 0
     water_distance_km = ndimage.distance_transform_edt(~water_km)
     elevation_km = _block_mean(elevation, _SUB)  # with the lakes' flat surfaces
 
@@ -1169,7 +1164,7 @@ def _true_emission(
 
     water = world.water[rows, cols]
     work[water] = 0.0
-    fine = _block_sum(work, _SUB)
+    fine = block_sum(work, _SUB)
     fine[_block_mean(water.astype(np.float32), _SUB) >= 0.5] = 0.0
     rng = _rng(seed, _S_YEAR, year, 1)
     fine *= rng.lognormal(-0.00125, 0.05, fine.shape)
@@ -1351,7 +1346,7 @@ def _write_static(world: _World, aux_dir: Path) -> None:
         description="land cover (1 urban, 2 cropland, 3 forest, 4 water, 5 bare)",
     )
 
-    has_road = _block_sum(world.road_length, 2) > 0
+    has_road = block_sum(world.road_length, 2) > 0
     distance = ndimage.distance_transform_edt(~has_road).astype(np.float32) * 0.5
     half_transform = _coarsened(work_transform, 2)
     dist_roads = _reproject(
@@ -1384,7 +1379,7 @@ def _write_year(world: _World, seed: int, year: int, out_dir: Path) -> None:
     cities, rural = _year_fields(world, year)
 
     fine = _true_emission(world, seed, year, cities, rural)
-    coarse = _block_sum(fine, spec.scale)
+    coarse = block_sum(fine, spec.scale)
     rng = _rng(seed, _S_YEAR, year, 4)
     # Inventory error: a few percent per cell, mean-preserving.
     coarse *= rng.lognormal(-(0.03**2) / 2.0, 0.03, coarse.shape)

@@ -12,14 +12,11 @@ from carbongeo.models.constraints import (
     FFTHardConstraint,
     MassConstraint,
     bicubic_mass_upsample,
-    block_max,
-    block_sum,
     fft_low_pass_replace,
     lowpass_mask,
     lowpass_radius,
     mass_conserve,
     symmetric_extend,
-    upsample_blocks,
 )
 from carbongeo.models.network import DSTCarbonFormer, count_parameters
 
@@ -34,13 +31,10 @@ __all__ = [
     "SFTLayer",
     "TemporalEncoder",
     "bicubic_mass_upsample",
-    "block_max",
-    "block_sum",
     "count_parameters",
     "fft_low_pass_replace",
     "lowpass_mask",
     "lowpass_radius",
     "mass_conserve",
     "symmetric_extend",
-    "upsample_blocks",
 ]

@@ -9,7 +9,8 @@ Two constraints are provided, as pure functions and as ``nn.Module`` wrappers:
   redistributed so that they sum to the coarse cell.
 
 Every function works on tensors shaped ``[..., H, W]`` (typically ``[B, 1, H, W]``) whose fine
-grid is ``scale`` times the coarse grid. The functions compute in the dtype they are given; call
+grid is ``scale`` times the coarse grid; the block operations come from
+:mod:`carbongeo.ops.blocks`. The functions compute in the dtype they are given; call
 them with float32 (or float64) tensors for the documented accuracy. The modules cast to float32
 and disable autocast themselves.
 """
@@ -22,90 +23,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from carbongeo.ops.blocks import block_max, block_shape, block_sum, upsample_blocks
+
 FilterName = Literal["ideal", "butterworth", "gaussian"]
 
 FILTERS: tuple[str, ...] = ("ideal", "butterworth", "gaussian")
 
 
-def _check_divisible(x: Tensor, scale: int) -> tuple[int, int]:
-    if scale < 1:
-        raise ValueError(f"scale must be a positive integer, got {scale}")
-    if x.dim() < 2:
-        raise ValueError(f"expected a tensor shaped [..., H, W], got shape {tuple(x.shape)}")
-    height, width = x.shape[-2:]
-    if height % scale or width % scale:
-        raise ValueError(
-            f"fine size {height}x{width} is not a multiple of scale {scale}; "
-            "crop or pad the tile to a multiple of the scale"
-        )
-    return height // scale, width // scale
-
-
 def _check_coarse(fine: Tensor, coarse: Tensor, scale: int) -> None:
-    h, w = _check_divisible(fine, scale)
+    if fine.dim() < 2:
+        raise ValueError(f"expected a tensor shaped [..., H, W], got shape {tuple(fine.shape)}")
+    h, w = block_shape(fine.shape[-2], fine.shape[-1], scale)
     if coarse.shape[-2:] != (h, w):
         raise ValueError(
             f"coarse field is {tuple(coarse.shape[-2:])} but a fine field of "
             f"{tuple(fine.shape[-2:])} at scale {scale} needs {(h, w)}"
         )
-
-
-def _blocks(x: Tensor, scale: int) -> Tensor:
-    """View ``[..., H, W]`` as ``[..., H/s, s, W/s, s]``."""
-    h, w = _check_divisible(x, scale)
-    return x.reshape(*x.shape[:-2], h, scale, w, scale)
-
-
-def block_sum(x: Tensor, scale: int) -> Tensor:
-    """Sum a fine field over non-overlapping ``scale x scale`` blocks.
-
-    This is the degradation that maps fine emissions (tonnes per fine pixel) to coarse emissions
-    (tonnes per coarse cell). A reshape-and-sum is used rather than ``avg_pool2d * s**2`` because it
-    does not lose precision to the division and multiplication.
-
-    Args:
-        x: Fine field shaped ``[..., H, W]`` with ``H`` and ``W`` multiples of ``scale``.
-        scale: Block size in fine pixels.
-
-    Returns:
-        The block sums, shaped ``[..., H / scale, W / scale]``.
-
-    Raises:
-        ValueError: If ``H`` or ``W`` is not a multiple of ``scale``.
-    """
-    return _blocks(x, scale).sum(dim=(-3, -1))
-
-
-def block_max(x: Tensor, scale: int) -> Tensor:
-    """Maximum of a fine field over non-overlapping ``scale x scale`` blocks.
-
-    Args:
-        x: Fine field shaped ``[..., H, W]`` with ``H`` and ``W`` multiples of ``scale``.
-        scale: Block size in fine pixels.
-
-    Returns:
-        The block maxima, shaped ``[..., H / scale, W / scale]``.
-    """
-    return _blocks(x, scale).amax(dim=(-3, -1))
-
-
-def upsample_blocks(x: Tensor, scale: int) -> Tensor:
-    """Repeat every coarse cell over a ``scale x scale`` block (``kron(x, ones(s, s))``).
-
-    Args:
-        x: Coarse field shaped ``[..., h, w]``.
-        scale: Block size in fine pixels.
-
-    Returns:
-        The fine field shaped ``[..., h * scale, w * scale]``. It is constant over each block, so
-        ``upsample_blocks(c / scale**2, scale)`` is a mass-preserving (nearest) upsampling of ``c``.
-    """
-    if scale < 1:
-        raise ValueError(f"scale must be a positive integer, got {scale}")
-    h, w = x.shape[-2:]
-    lead = x.shape[:-2]
-    expanded = x[..., :, None, :, None].expand(*lead, h, scale, w, scale)
-    return expanded.reshape(*lead, h * scale, w * scale)
 
 
 def mass_conserve(pred: Tensor, coarse: Tensor, scale: int) -> Tensor:

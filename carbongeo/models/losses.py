@@ -13,13 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from carbongeo.models.constraints import block_sum
+from carbongeo.models.ssim import GAUSSIAN_11, ssim_map
+from carbongeo.ops.blocks import block_sum
 
 TERMS: tuple[str, ...] = ("pixel", "ssim", "edge", "consistency", "tv")
 
 CHARBONNIER_EPS = 1e-3
-SSIM_WINDOW = 11
-SSIM_SIGMA = 1.5
+SSIM_WINDOW = GAUSSIAN_11
 SSIM_DATA_RANGE = 1.0
 """The normalised space has unit scale by construction (``value_scale`` is a typical pixel)."""
 
@@ -33,54 +33,6 @@ def masked_mean(values: Tensor, weights: Tensor) -> Tensor:
     """Weighted mean ``sum(w * v) / sum(w)``; 0 (with a gradient path) when all weights are 0."""
     total = weights.sum()
     return (values * weights).sum() / total.clamp_min(1e-12)
-
-
-def gaussian_window(size: int, sigma: float, *, device: torch.device | None = None) -> Tensor:
-    """Normalised 1-D Gaussian window of odd ``size``, shaped ``[size]``."""
-    coords = torch.arange(size, dtype=torch.float32, device=device) - size // 2
-    window = torch.exp(-(coords * coords) / (2.0 * sigma * sigma))
-    return window / window.sum()
-
-
-def ssim_map(
-    x: Tensor,
-    y: Tensor,
-    *,
-    data_range: float = SSIM_DATA_RANGE,
-    window_size: int = SSIM_WINDOW,
-    sigma: float = SSIM_SIGMA,
-) -> Tensor:
-    """Per-position SSIM of ``[B, C, H, W]`` images with a Gaussian window, 'valid' convolution.
-
-    The constants are ``C1 = (0.01 L)**2`` and ``C2 = (0.03 L)**2`` with ``L = data_range``, as in
-    ``pytorch_msssim.ssim``, whose mean this map reproduces. The window shrinks to the largest odd
-    size that fits images smaller than ``window_size``.
-
-    Returns:
-        The SSIM map ``[B, C, H - k + 1, W - k + 1]`` for the window size ``k`` used; position
-        ``(i, j)`` is centred on pixel ``(i + k // 2, j + k // 2)``.
-    """
-    size = min(window_size, *x.shape[-2:])
-    size = size if size % 2 else size - 1
-    window = gaussian_window(size, sigma, device=x.device).to(x.dtype)
-    channels = x.shape[1]
-    horizontal = window.reshape(1, 1, 1, size).expand(channels, 1, 1, size)
-    vertical = window.reshape(1, 1, size, 1).expand(channels, 1, size, 1)
-
-    def blur(z: Tensor) -> Tensor:
-        z = F.conv2d(z, horizontal, groups=channels)
-        return F.conv2d(z, vertical, groups=channels)
-
-    c1 = (0.01 * data_range) ** 2
-    c2 = (0.03 * data_range) ** 2
-    mu_x = blur(x)
-    mu_y = blur(y)
-    var_x = blur(x * x) - mu_x * mu_x
-    var_y = blur(y * y) - mu_y * mu_y
-    cov = blur(x * y) - mu_x * mu_y
-    luminance = (2.0 * mu_x * mu_y + c1) / (mu_x * mu_x + mu_y * mu_y + c1)
-    structure = (2.0 * cov + c2) / (var_x + var_y + c2)
-    return luminance * structure
 
 
 def _sobel(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -119,8 +71,8 @@ class HybridLoss(nn.Module):
     * ``pixel``: Charbonnier distance in the normalised space, with weight ``high_weight`` on
       pixels whose target exceeds ``high_threshold`` (physical units), to counter the all-zero
       collapse on sparse emission maps.
-    * ``ssim``: ``1 - SSIM`` (11-px Gaussian window, sigma 1.5, data range 1), averaged over the
-      positions centred on valid pixels.
+    * ``ssim``: ``1 - SSIM`` (:func:`carbongeo.models.ssim.ssim_map`, 11-px Gaussian window,
+      sigma 1.5, valid edges, data range 1), averaged over the positions centred on valid pixels.
     * ``edge``: Charbonnier distance between the Sobel gradients of prediction and target,
       over positions whose 3x3 stencil is entirely valid.
     * ``consistency``: relative block-sum error in linear units,
@@ -224,7 +176,7 @@ class HybridLoss(nn.Module):
             weights = valid * torch.where(high, self.high_weight, 1.0)
         pixel = masked_mean(charbonnier(p - t), weights)
 
-        similarity = ssim_map(p, t)
+        similarity = ssim_map(p, t, data_range=SSIM_DATA_RANGE, window=SSIM_WINDOW)
         centres = _centre_crop(valid, similarity.shape[-2], similarity.shape[-1])
         ssim = 1.0 - masked_mean(similarity, centres)
         # A map without any valid centre has no SSIM; report 0 rather than 1.

@@ -52,8 +52,8 @@ from carbongeo.models.constraints import (
     MassConstraint,
     bicubic_mass_upsample,
     mass_conserve,
-    upsample_blocks,
 )
+from carbongeo.ops.blocks import upsample_blocks
 
 LOG_RATIO_LIMIT = 20.0
 """Soft bound on the predicted log-ratio between a fine pixel and its cell's mean density."""

@@ -10,7 +10,7 @@ field so that every coarse cell of the output sums to its coarse total, and hand
 Memory is therefore flat in the scene area (it grows with the scene width only).
 
 A pixel is nodata (NaN) when it lies outside the scene, when no aux band of the centre year has
-data there (:func:`carbongeo.training.normalization.aux_domain`), or when its coarse cell is nodata;
+data there (:func:`carbongeo.ops.domain.aux_domain`), or when its coarse cell is nodata;
 nodata pixels carry no mass.
 
 :func:`predict_scene` is the pure streaming core: it takes any predict function, any window reader
@@ -38,12 +38,15 @@ from tqdm import tqdm
 from carbongeo.device import resolve_device
 from carbongeo.errors import CarbongeoError, CheckpointError
 from carbongeo.grid import Grid, Window
+from carbongeo.ops.blocks import block_sum, upsample_blocks
+from carbongeo.ops.domain import aux_domain
+from carbongeo.ops.mass import mass_balance, reproject_mass
 from carbongeo.store.checkpoint import Checkpoint, load_checkpoint
 from carbongeo.store.layout import missing_input
 from carbongeo.store.predictions import file_sha256, open_prediction_pair, prediction_done
 from carbongeo.store.tiles import TileIndex, check_cubes, load_index, open_cube, read_window
 from carbongeo.training.data import window_years
-from carbongeo.training.normalization import Normalization, aux_domain
+from carbongeo.training.normalization import Normalization
 from carbongeo.training.setup import model_from_checkpoint
 
 if TYPE_CHECKING:
@@ -174,75 +177,6 @@ def blend_profiles(
     return rows, cols
 
 
-# --------------------------------------------------------------------------- mass re-projection
-def _block_sum(x: np.ndarray, scale: int) -> np.ndarray:
-    h, w = x.shape
-    return x.reshape(h // scale, scale, w // scale, scale).sum(axis=(1, 3), dtype=np.float64)
-
-
-def _upsample(x: np.ndarray, scale: int) -> np.ndarray:
-    return np.repeat(np.repeat(x, scale, axis=0), scale, axis=1)
-
-
-def reproject_mass(
-    pred: np.ndarray, valid: np.ndarray, coarse: np.ndarray, scale: int
-) -> np.ndarray:
-    """Rescale a fine field so that its valid pixels sum to the coarse total of every cell.
-
-    This is the rule of :func:`carbongeo.models.constraints.mass_conserve` restricted to valid
-    pixels: the prediction only decides how each cell's mass is shared among the cell's valid
-    pixels (weights ``max(pred, 0)``, non-finite as 0), and a cell whose valid pixels all have
-    zero weight shares its mass equally among them. Nodata pixels carry no mass; a cell without a
-    valid pixel cannot carry its mass (it is reported by :func:`mass_errors`). It works in float64
-    numpy on a whole strip at a time (a strip is numpy already, and this avoids the many full-size
-    passes and thread synchronisations of the tensor version on the CPU).
-
-    Args:
-        pred: Fine prediction ``[H, W]``, ``H`` and ``W`` multiples of ``scale``.
-        valid: bool ``[H, W]``, pixels that may carry mass.
-        coarse: Coarse totals ``[H / scale, W / scale]``; NaN counts as 0.
-        scale: Fine pixels per coarse cell side.
-
-    Returns:
-        float64 ``[H, W]``: the conserved field, NaN where ``valid`` is False.
-    """
-    h, w = pred.shape
-    usable = valid & np.isfinite(pred) & (pred > 0)
-    weights = np.where(usable, pred, 0.0).astype(np.float64)
-    starving = (_block_sum(weights, scale) <= 0) & (_block_sum(valid, scale) > 0)
-    weights = np.where(valid & _upsample(starving, scale), 1.0, weights)
-    totals = _block_sum(weights, scale)
-    mass = np.nan_to_num(coarse.astype(np.float64), nan=0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(totals > 0, mass / totals, 0.0)
-    blocks = weights.reshape(h // scale, scale, w // scale, scale) * ratio[:, None, :, None]
-    return np.where(valid, blocks.reshape(h, w), np.nan)
-
-
-def mass_errors(out: np.ndarray, coarse: np.ndarray, scale: int) -> tuple[float, float, float, int]:
-    """Compare the block sums of a fine field with the coarse totals.
-
-    Args:
-        out: Fine field ``[H, W]``, NaN = nodata.
-        coarse: Coarse totals ``[H / scale, W / scale]``, NaN = nodata.
-        scale: Fine pixels per coarse cell side.
-
-    Returns:
-        ``(worst relative error, positive coarse mass, unplaced mass, valid pixels)``: the worst
-        error is over cells with a positive total and at least one valid pixel; the unplaced mass
-        is the total of positive cells without a valid pixel.
-    """
-    valid = np.isfinite(out)
-    sums = _block_sum(np.where(valid, out, 0.0), scale)
-    count = _block_sum(valid, scale)
-    coarse = coarse.astype(np.float64)
-    positive = np.isfinite(coarse) & (coarse > 0)
-    checked = positive & (count > 0)
-    worst = float(np.max(np.abs(sums[checked] - coarse[checked]) / coarse[checked], initial=0.0))
-    unplaced = float(coarse[positive & (count == 0)].sum())
-    return worst, float(coarse[positive].sum()), unplaced, int(valid.sum())
-
-
 # --------------------------------------------------------------------------- the strip
 class _Strip:
     """Accumulators for a band of rows as wide as the scene, starting at row ``top``."""
@@ -329,7 +263,7 @@ def predict_scene(
     batch is read in a background thread while the current one is predicted. A pixel is valid
     (not NaN) when it lies inside the scene, every aux band of the centre year is present and its
     coarse cell is not nodata. With ``conserve_mass`` every coarse cell of the output sums to its
-    coarse total (see :func:`reproject_mass`).
+    coarse total (see :func:`carbongeo.ops.mass.reproject_mass`).
 
     Args:
         predict: The model as a function of numpy batches (see :data:`Predictor`).
@@ -366,7 +300,7 @@ def predict_scene(
         blended, valid, mass = strip.pop(bottom)
         inside_rows = np.arange(top, bottom) < grid.height
         valid &= inside_rows[:, None] & inside_cols[None, :]
-        valid &= _upsample(np.isfinite(mass), s)
+        valid &= upsample_blocks(np.isfinite(mass), s)
         out = np.empty(blended.shape, dtype=np.float32)
         # Column chunks of whole cells bound the float64 temporaries of the re-projection.
         for c0 in range(0, extent_cols, chunk):
@@ -376,11 +310,11 @@ def predict_scene(
                 out[:, cols] = reproject_mass(blended[:, cols], valid[:, cols], mass[:, cells], s)
             else:
                 out[:, cols] = np.where(valid[:, cols], blended[:, cols], np.nan)
-            worst, coarse_mass, unplaced, n_valid = mass_errors(out[:, cols], mass[:, cells], s)
-            stats.worst_cell_rel_error = max(stats.worst_cell_rel_error, worst)
-            stats.coarse_mass += coarse_mass
-            stats.unplaced_mass += unplaced
-            stats.valid_pixels += n_valid
+            balance = mass_balance(out[:, cols], mass[:, cells], s)
+            stats.worst_cell_rel_error = max(stats.worst_cell_rel_error, balance.worst_rel_error)
+            stats.coarse_mass += balance.coarse_mass
+            stats.unplaced_mass += balance.unplaced_mass
+            stats.valid_pixels += balance.valid_pixels
         rows = min(bottom, grid.height) - top
         if rows > 0:
             sink(np.ascontiguousarray(out[:rows, : grid.width]))
@@ -442,11 +376,9 @@ def torch_predictor(model: torch.nn.Module, device: torch.device | str = "cpu") 
 
 
 def coarse_from_fine(fine: np.ndarray, scale: int) -> np.ndarray:
-    """Sum ``[..., H, W]`` over ``scale`` blocks; NaN counts as 0 and all-NaN blocks are NaN."""
-    h, w = fine.shape[-2:]
-    blocks = fine.reshape(*fine.shape[:-2], h // scale, scale, w // scale, scale)
-    sums = np.nansum(blocks, axis=(-3, -1), dtype=np.float64).astype(np.float32)
-    sums[np.isnan(blocks).all(axis=(-3, -1))] = np.nan
+    """Sum ``[..., H, W]`` over ``scale`` blocks; nodata counts as 0, all-nodata blocks are NaN."""
+    sums = block_sum(fine, scale, nodata_as_zero=True).astype(np.float32)
+    sums[block_sum(np.isfinite(fine), scale) == 0] = np.nan
     return sums
 
 

@@ -24,7 +24,7 @@ from mpl_toolkits.axes_grid1 import make_axes_locatable
 
 from carbongeo.config import PipelineConfig
 from carbongeo.errors import CarbongeoError
-from carbongeo.evaluation.baselines import upsample_blocks
+from carbongeo.ops.blocks import upsample_blocks
 from carbongeo.stages.evaluate import proxy_bands, tile_baselines
 from carbongeo.store.predictions import require_prediction
 from carbongeo.store.reports import read_evaluation, write_figure

@@ -685,8 +685,8 @@ class TileStore:
                 the year has neither a target nor a coarse product.
         """
         # Imported here so that reading the index or a cube never imports torch.
-        from carbongeo.evaluation.baselines import block_sum
-        from carbongeo.training.normalization import aux_domain
+        from carbongeo.ops.blocks import block_sum
+        from carbongeo.ops.domain import aux_domain
 
         cubes = self._year(year)
         prediction_scene = self._prediction(year) if with_prediction else None
@@ -709,7 +709,7 @@ class TileStore:
         if cubes.coarse is not None:
             coarse = np.asarray(cubes.coarse[position, 0], dtype=np.float64)
         elif truth is not None:
-            coarse = block_sum(np.where(inside, truth, np.nan), s)
+            coarse = block_sum(np.where(inside, truth, np.nan), s, nodata_as_zero=True)
         else:
             raise InputDataError(
                 f"year {year} has neither a target nor a coarse product in {self.tiles_dir}; "

@@ -22,8 +22,9 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from carbongeo.errors import CarbongeoError
+from carbongeo.ops.blocks import block_sum
+from carbongeo.ops.domain import aux_domain
 from carbongeo.store.tiles import check_cubes, load_index, open_aux_target
-from carbongeo.training.normalization import aux_domain
 
 if TYPE_CHECKING:
     from carbongeo.training.normalization import Normalization
@@ -39,17 +40,6 @@ def window_years(year: int, temporal: int, first: int, last: int) -> list[int]:
         raise CarbongeoError(f"the temporal window must be an odd number of years, got {temporal}")
     radius = temporal // 2
     return [min(max(year + k, first), last) for k in range(-radius, radius + 1)]
-
-
-def block_sum_np(x: np.ndarray, scale: int) -> np.ndarray:
-    """Sum ``[..., H, W]`` over ``scale x scale`` blocks (nodata, i.e. non-finite, counts as 0)."""
-    height, width = x.shape[-2:]
-    if height % scale or width % scale:
-        raise CarbongeoError(f"tile size {height}x{width} is not a multiple of scale {scale}")
-    blocks = np.where(np.isfinite(x), x, 0.0).reshape(
-        *x.shape[:-2], height // scale, scale, width // scale, scale
-    )
-    return blocks.sum(axis=(-3, -1), dtype=np.float64).astype(np.float32)
 
 
 class CubeDataset(Dataset[dict[str, Any]]):
@@ -151,7 +141,7 @@ class CubeDataset(Dataset[dict[str, Any]]):
         if self.augment:
             aux, target = self._augment(aux, target, index, epoch)
         centre = self.temporal // 2
-        coarse = block_sum_np(target, self.scale)
+        coarse = block_sum(target, self.scale, nodata_as_zero=True).astype(np.float32)
         fine = target[:, centre]
         finite = np.isfinite(fine)
         mask = finite & aux_domain(aux[:, centre])[None]

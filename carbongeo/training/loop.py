@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from carbongeo.config import PipelineConfig
-from carbongeo.evaluation.metrics import METRIC_NAMES, PooledMetrics
+from carbongeo.evaluation.metrics import VALIDATION_METRICS, PooledMetrics
 from carbongeo.io.atomic import remove_stale_temps, write_text_atomic
 from carbongeo.models.losses import TERMS
 from carbongeo.store.checkpoint import (
@@ -57,7 +57,7 @@ LOG_COLUMNS: tuple[str, ...] = (
     "skipped_batches",
     "tiles_per_s",
     "data_tiles_per_s",
-    *(f"val_{name}" for name in METRIC_NAMES),
+    *(f"val_{name}" for name in VALIDATION_METRICS),
     "seconds",
 )
 """Columns of ``train_log.csv``. ``tiles_per_s`` is the training throughput of the epoch;
@@ -422,7 +422,7 @@ class Trainer:
             "skipped_batches": int(totals_list[-1]),
             "tiles_per_s": prog.samples / prog.train_seconds if prog.train_seconds > 0 else 0.0,
             "data_tiles_per_s": prog.samples / max(prog.wait_seconds, 1e-9),
-            **{f"val_{name}": metrics[name] for name in METRIC_NAMES},
+            **{f"val_{name}": metrics[name] for name in VALIDATION_METRICS},
             "seconds": seconds,
         }
 

@@ -45,8 +45,9 @@ class Normalization:
         value_scale: Mean of the positive target pixels, in physical units.
         high_threshold: The ``loss.high_quantile`` quantile of the positive target pixels; pixels
             above it are weighted up in the loss.
-        hotspot_threshold: The 0.99 quantile of the positive target pixels; the hotspot MAE is
-            computed over target pixels at or above it.
+        hotspot_threshold: The 0.99 quantile of the positive target pixels; the validation
+            metric ``mae_above_threshold`` is computed over target pixels at or above it, and
+            it is the data range of the validation ``ssim_gauss11``.
     """
 
     aux_mean: tuple[float, ...]
@@ -133,25 +134,6 @@ class Normalization:
         out_np = (np.asarray(x, dtype=np.float32) - mean_np) / std_np
         out_np[~np.isfinite(out_np)] = 0.0
         return out_np
-
-
-def aux_domain(aux: np.ndarray, channel_axis: int = 0) -> np.ndarray:
-    """Pixels where the model can predict: at least one aux band has data.
-
-    The one nodata rule of the inputs, shared by training (loss mask), mosaic (output nodata)
-    and evaluation (baseline domain). A band missing on its own (a cloud in NDVI) is imputed by
-    :meth:`Normalization.normalize_aux` (its training mean), so a gap in one band does not punch a
-    hole in the emission map or leave a coarse cell's mass without pixels to carry it; a pixel
-    with no aux at all (outside every source, or scene padding) is nodata.
-
-    Args:
-        aux: Aux values with NaN as nodata.
-        channel_axis: The band axis.
-
-    Returns:
-        Boolean array without the band axis.
-    """
-    return np.isfinite(aux).any(axis=channel_axis)
 
 
 class RunningMoments:

@@ -13,15 +13,13 @@ from carbongeo.models.constraints import (
     FFTHardConstraint,
     MassConstraint,
     bicubic_mass_upsample,
-    block_max,
-    block_sum,
     fft_low_pass_replace,
     lowpass_mask,
     lowpass_radius,
     mass_conserve,
     symmetric_extend,
-    upsample_blocks,
 )
+from carbongeo.ops.blocks import block_sum, upsample_blocks
 
 
 def relative_block_error(pred: torch.Tensor, coarse: torch.Tensor, scale: int) -> float:
@@ -31,41 +29,6 @@ def relative_block_error(pred: torch.Tensor, coarse: torch.Tensor, scale: int) -
 
 def gradient_energy(x: torch.Tensor) -> float:
     return float((x.diff(dim=-1) ** 2).sum() + (x.diff(dim=-2) ** 2).sum())
-
-
-# ----------------------------------------------------------------------------------- block helpers
-
-
-@pytest.mark.parametrize("scale", [1, 2, 3, 8])
-def test_block_sum_matches_explicit_loop(scale: int) -> None:
-    x = torch.rand(2, 3, 4 * scale, 5 * scale, dtype=torch.float64)
-    sums = block_sum(x, scale)
-    assert sums.shape == (2, 3, 4, 5)
-    for i in range(4):
-        for j in range(5):
-            block = x[..., i * scale : (i + 1) * scale, j * scale : (j + 1) * scale]
-            torch.testing.assert_close(sums[..., i, j], block.sum(dim=(-2, -1)))
-
-
-def test_block_helpers_accept_any_leading_dims() -> None:
-    x = torch.rand(6, 8)
-    assert block_sum(x, 2).shape == (3, 4)
-    assert block_max(torch.rand(2, 2, 3, 6, 8), 2).shape == (2, 2, 3, 3, 4)
-    assert upsample_blocks(torch.rand(3, 4), 2).shape == (6, 8)
-
-
-def test_block_max_and_upsample_blocks() -> None:
-    x = torch.arange(16.0).reshape(1, 1, 4, 4)
-    assert block_max(x, 2).flatten().tolist() == [5.0, 7.0, 13.0, 15.0]
-    coarse = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
-    up = upsample_blocks(coarse, 3)
-    torch.testing.assert_close(up, torch.kron(coarse, torch.ones(3, 3)))
-    torch.testing.assert_close(block_sum(up / 9.0, 3), coarse)
-
-
-def test_block_sum_rejects_sizes_not_multiple_of_scale() -> None:
-    with pytest.raises(ValueError, match="not a multiple of scale"):
-        block_sum(torch.rand(1, 1, 10, 12), 4)
 
 
 # ----------------------------------------------------------------------------------- mass

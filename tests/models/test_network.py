@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from carbongeo.models import DSTCarbonFormer, block_sum, count_parameters
+from carbongeo.models import DSTCarbonFormer, count_parameters
 from carbongeo.models.losses import HybridLoss
+from carbongeo.ops.blocks import block_sum
 
 TINY = {"dim": 8, "depth": 1}
 

@@ -20,7 +20,6 @@ from carbongeo.config import PipelineConfig, parse_config
 from carbongeo.errors import CarbongeoError, CheckpointError
 from carbongeo.grid import Grid, Window
 from carbongeo.io.cog import validate_cog
-from carbongeo.models.constraints import mass_conserve
 from carbongeo.models.network import DSTCarbonFormer
 from carbongeo.stages.mosaic import (
     MosaicResult,
@@ -29,10 +28,8 @@ from carbongeo.stages.mosaic import (
     blend_profiles,
     coarse_from_fine,
     hann_ramp,
-    mass_errors,
     mosaic_years,
     predict_scene,
-    reproject_mass,
 )
 from carbongeo.store.checkpoint import Checkpoint, save_checkpoint
 from carbongeo.store.layout import TilesLayout
@@ -247,37 +244,6 @@ def test_strip_memory_is_flat_in_scene_height(monkeypatch: pytest.MonkeyPatch) -
     assert out.shape == (1000, 100)
     assert len(heights) > 15
     assert max(heights) <= 64 + 48  # one window plus one stride, however tall the scene
-
-
-def test_reproject_mass_keeps_nodata_massless_and_spreads_starving_cells() -> None:
-    pred = np.array([[4.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]], dtype=np.float32)
-    valid = np.array([[True, True, True, False], [False, True, False, False]])
-    coarse = np.array([[10.0, 6.0]], dtype=np.float32)
-    out = reproject_mass(np.tile(pred, (1, 1)), valid, coarse, 2)
-    assert np.isnan(out[~valid]).all()
-    # Cell 1 has weight only at (0, 0); cell 2 has no weight, so its only valid pixel takes it all.
-    np.testing.assert_allclose(out[valid], [10.0, 0.0, 6.0, 0.0])
-    worst, total, unplaced, n_valid = mass_errors(out, coarse, 2)
-    assert worst < 1e-12 and total == 16.0 and unplaced == 0.0 and n_valid == 4
-
-
-def test_reproject_mass_matches_the_model_constraint_where_all_pixels_are_valid() -> None:
-    rng = np.random.default_rng(3)
-    pred = rng.gamma(0.5, 2.0, (32, 48))
-    pred[:8, :8] = 0.0  # a cell without weight is spread uniformly
-    pred[8:16, 8:16] = -1.0
-    coarse = rng.uniform(0.0, 50.0, (4, 6))
-    coarse[0, 2] = 0.0
-    ours = reproject_mass(pred, np.ones(pred.shape, bool), coarse, 8)
-    theirs = mass_conserve(torch.from_numpy(pred), torch.from_numpy(coarse), 8).numpy()
-    np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-12)
-
-
-def test_mass_errors_reports_mass_without_valid_pixels() -> None:
-    out = np.full((2, 4), np.nan)
-    out[:, :2] = 1.0
-    worst, total, unplaced, _ = mass_errors(out, np.array([[4.0, 3.0]]), 2)
-    assert worst == 0.0 and total == 7.0 and unplaced == 3.0
 
 
 def test_coarse_from_fine_nan_is_zero_and_all_nan_cell_is_nodata() -> None:

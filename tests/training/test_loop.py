@@ -15,7 +15,7 @@ import torch
 from _cubes import YEARS, make_world
 
 import carbongeo.training.loop as loop_module
-from carbongeo.evaluation.metrics import METRIC_NAMES
+from carbongeo.evaluation.metrics import VALIDATION_METRICS
 from carbongeo.models.losses import HybridLoss
 from carbongeo.models.network import DSTCarbonFormer
 from carbongeo.stages.train import train
@@ -42,7 +42,7 @@ def _scripted_validation(monkeypatch: pytest.MonkeyPatch, maes: list[float]) -> 
     remaining = iter(maes)
 
     def fake_validate(*args: Any, **kwargs: Any) -> dict[str, float]:
-        return {**dict.fromkeys(METRIC_NAMES, 0.0), "mae": next(remaining)}
+        return {**dict.fromkeys(VALIDATION_METRICS, 0.0), "mae": next(remaining)}
 
     monkeypatch.setattr(loop_module, "validate", fake_validate)
 
