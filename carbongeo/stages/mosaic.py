@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import dask
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -42,6 +43,7 @@ from carbongeo.errors import CarbongeoError, CheckpointError
 from carbongeo.grid import Grid, Window
 from carbongeo.io.atomic import commit, output_error, remove_quietly, remove_stale_temps, temp_path
 from carbongeo.io.cog import COGWriter
+from carbongeo.parallel import run_tasks, worker_count
 from carbongeo.stages.tile import TileIndex, cube_path, load_index, read_window
 from carbongeo.store.checkpoint import check_compatible, load_checkpoint, model_from_checkpoint
 from carbongeo.training.data import window_years
@@ -808,8 +810,11 @@ def mosaic_years(
         device: ``auto``, ``cpu`` or ``cuda``.
         overwrite: Recompute years whose outputs exist.
         progress: Show progress bars on stderr.
-        scheduler: Address of a dask.distributed scheduler; each year becomes one task.
-        workers: Without ``scheduler``, start a local dask cluster of this many worker processes.
+        scheduler: Where to run one task per year, as in :func:`carbongeo.parallel.run_tasks`
+            (a scheduler address, ``"distributed"`` or a local scheduler name); default: in this
+            process with the model loaded once, unless ``workers`` is given.
+        workers: Without ``scheduler``, start a local dask cluster of this many worker
+            processes; 0: one per CPU.
 
     Returns:
         One result per year, in the order of ``years``.
@@ -824,8 +829,7 @@ def mosaic_years(
     batch_size = config.mosaic.batch_size if batch_size is None else batch_size
     if batch_size < 1:
         raise CarbongeoError(f"--batch-size: must be >= 1, got {batch_size}")
-    if workers is not None and workers < 1:
-        raise CarbongeoError(f"--workers: must be >= 1, got {workers}")
+    worker_count(workers)  # a bad count fails before any work
     resolve_device(device)  # fail before any work on a bad device
     index = load_index(config.tiles_dir)
     grid = index.grid
@@ -857,43 +861,17 @@ def mosaic_years(
             for year in todo
         ]
         if scheduler is not None or workers is not None:
-            for result in _run_distributed(jobs, scheduler, workers, progress):
+            tasks = [dask.delayed(_year_task, pure=False)(job) for job in jobs]
+            for result in run_tasks(
+                tasks,
+                scheduler=scheduler,
+                workers=workers,
+                progress=progress,
+                desc="mosaic years",
+                unit="year",
+            ):
                 results[result.year] = result
         else:
             for job in jobs:
                 results[job.year] = _run_year(job, index, model, norm, state, progress=progress)
     return [results[int(y)] for y in dict.fromkeys(int(y) for y in years)]
-
-
-def _run_distributed(
-    jobs: Sequence[_Job], scheduler: str | None, workers: int | None, progress: bool
-) -> list[MosaicResult]:
-    """Run one task per year on a dask.distributed cluster; outputs match a local run."""
-    from dask.distributed import Client, LocalCluster, as_completed
-
-    cluster = None
-    if scheduler is not None:
-        client = Client(scheduler)
-    else:
-        cluster = LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
-        )
-        client = Client(cluster)
-    try:
-        futures = [client.submit(_year_task, job, pure=False) for job in jobs]
-        results = []
-        with tqdm(
-            total=len(futures),
-            desc="mosaic years",
-            unit="year",
-            file=sys.stderr,
-            disable=not progress,
-        ) as bar:
-            for future in as_completed(futures):
-                results.append(future.result())
-                bar.update(1)
-        return results
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
