@@ -210,20 +210,26 @@ class PipelineConfig:
         text = repr({k: self.raw.get(k) for k in keys})
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
+    def source_key(self, src: SourceConfig) -> str:
+        """The config key of a source's path, the label of every message about the source.
+
+        ``target.path``, ``coarse.path``, or ``aux[<i>].path (<name>)`` for the i-th aux band.
+        """
+        if src is self.target:
+            return "target.path"
+        if src is self.coarse:
+            return "coarse.path"
+        return f"aux[{self.aux.index(src)}].path ({src.name})"
+
     def check_files(self, years: Sequence[int] | None = None) -> None:
         """Raise ConfigError naming the first source file missing for one of ``years``."""
         for year in years if years is not None else self.years:
             for src in self.sources():
                 path = src.path_for(year)
                 if not path.exists():
-                    key = (
-                        "target.path"
-                        if src.name == "target"
-                        else ("coarse.path" if src is self.coarse else f"aux '{src.name}' path")
-                    )
                     raise ConfigError(
-                        f"{key}: file for year {year} not found: {path} "
-                        "(fix the path or the years range)"
+                        f"file for year {year} not found: {path} (fix the path or the years range)",
+                        param=self.source_key(src),
                     )
 
 

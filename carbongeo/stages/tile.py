@@ -364,7 +364,7 @@ def build_grid(config: PipelineConfig) -> Grid:
             f"target.path: no target file found for any year (first: "
             f"{config.target.path_for(year)}); the default grid is the target raster's grid"
         )
-    source = RasterSource.from_config(config.target, year, key="target.path")
+    source = _raster_source(config, config.target, year)
     meta = describe_source(source)
     try:
         return Grid(meta.crs, meta.transform, meta.height, meta.width, gc.tile_size, gc.scale)
@@ -594,13 +594,16 @@ def _total_task(source: RasterSource, info: SourceInfo, bounds: Bounds) -> float
 
 
 # --------------------------------------------------------------------------- planning
-def _source_key(config: PipelineConfig, src: SourceConfig) -> str:
-    if src is config.target:
-        return "target.path"
-    if src is config.coarse:
-        return "coarse.path"
-    index = config.aux.index(src)
-    return f"aux[{index}] ({src.name})"
+def _raster_source(config: PipelineConfig, src: SourceConfig, year: int) -> RasterSource:
+    """The raster of ``year`` described by a config entry, labelled with its config key."""
+    return RasterSource(
+        name=src.name,
+        path=str(src.path_for(year)),
+        kind=src.kind,
+        band=src.band,
+        nodata=src.nodata,
+        key=config.source_key(src),
+    )
 
 
 def _plan_years(config: PipelineConfig, grid: Grid, years: Sequence[int]) -> list[_YearPlan]:
@@ -609,7 +612,7 @@ def _plan_years(config: PipelineConfig, grid: Grid, years: Sequence[int]) -> lis
     cache: dict[tuple[RasterSource, bool], SourceInfo] = {}
 
     def band(src: SourceConfig, year: int, *, coarse: bool = False) -> _Band:
-        source = RasterSource.from_config(src, year, key=_source_key(config, src))
+        source = _raster_source(config, src, year)
         if (source, coarse) not in cache:
             cache[(source, coarse)] = validate_source(source, coarse_grid if coarse else grid)
         return _Band(source, cache[(source, coarse)], src.transform)
