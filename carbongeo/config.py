@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from carbongeo.errors import ConfigError
+from carbongeo.errors import ConfigError, ConfigNotFoundError, ParameterError
 
 Kind = Literal["extensive", "intensive", "categorical"]
 KINDS: tuple[str, ...] = ("extensive", "intensive", "categorical")
@@ -238,19 +238,24 @@ _YEAR_RANGE = re.compile(r"^\s*(\d{4})\s*(?:-\s*(\d{4})\s*)?$")
 
 
 def parse_years(value: object, key: str = "years") -> tuple[int, ...]:
-    """Parse ``"2014-2023"``, ``"2014"``, ``2014`` or a list of years into a sorted tuple."""
+    """Parse ``"2014-2023"``, ``"2014"``, ``2014`` or a list of years into a sorted tuple.
+
+    Raises:
+        ConfigError: ``value`` is none of these; the message is about ``key``.
+    """
+    expected = 'expected a year range like "2014-2023" or a list of years'
     if isinstance(value, bool):
-        raise ConfigError(f'{key}: expected a year range like "2014-2023" or a list of years')
+        raise ConfigError(expected, param=key)
     if isinstance(value, int):
         return (value,)
     if isinstance(value, str):
         match = _YEAR_RANGE.match(value)
         if not match:
-            raise ConfigError(f'{key}: {value!r} is not a year range; write e.g. "2014-2023"')
+            raise ConfigError(f'{value!r} is not a year range; write e.g. "2014-2023"', param=key)
         start = int(match.group(1))
         end = int(match.group(2) or start)
         if end < start:
-            raise ConfigError(f"{key}: range {value!r} ends before it starts")
+            raise ConfigError(f"range {value!r} ends before it starts", param=key)
         return tuple(range(start, end + 1))
     if (
         isinstance(value, list)
@@ -258,7 +263,7 @@ def parse_years(value: object, key: str = "years") -> tuple[int, ...]:
         and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
     ):
         return tuple(sorted(set(value)))
-    raise ConfigError(f'{key}: expected a year range like "2014-2023" or a list of years')
+    raise ConfigError(expected, param=key)
 
 
 def _check_keys(table: dict[str, Any], allowed: Sequence[str], where: str) -> None:
@@ -385,13 +390,14 @@ def load_config(path: str | Path, *, check_files: bool = False) -> PipelineConfi
         The validated configuration with absolute paths.
 
     Raises:
-        ConfigError: One line naming the offending key and the fix.
+        ConfigError: One line naming the offending key and the fix
+            (:class:`~carbongeo.errors.ConfigNotFoundError`: there is no such file).
     """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(
-            f"config file not found: {path} (pass --config PATH, or run "
-            "'carbongeo synth --out DIR' for a ready example)"
+        raise ConfigNotFoundError(
+            f"config file not found: {path} (run 'carbongeo synth --out DIR' for a ready example)",
+            path=path,
         )
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from carbongeo.config import PipelineConfig
-from carbongeo.errors import CarbongeoError
+from carbongeo.errors import MissingRunFileError
 from carbongeo.stages.tile import load_index
 from carbongeo.training.normalization import RunningMoments
 
@@ -168,7 +168,7 @@ def check_data(
 def _year_stats(tiles_dir: Path, year: int, bands: list[str], seed: int) -> dict[str, dict]:
     x_path, y_path = tiles_dir / f"X_{year}.npy", tiles_dir / f"Y_{year}.npy"
     if not (x_path.is_file() and y_path.is_file()):
-        raise CarbongeoError(
+        raise MissingRunFileError(
             f"no cubes for {year} in {tiles_dir}; run 'carbongeo tile --year {year}'"
         )
     x = np.load(x_path, mmap_mode="r")

@@ -36,7 +36,7 @@ import numpy as np
 from scipy import ndimage
 
 from carbongeo.config import PipelineConfig
-from carbongeo.errors import CarbongeoError
+from carbongeo.errors import ConfigError, MissingRunFileError, ParameterError, RunFileError
 from carbongeo.evaluation.baselines import block_sum, run_baselines, unplaced_mass
 from carbongeo.grid import Window
 from carbongeo.training.normalization import RunningMoments, aux_domain
@@ -475,7 +475,7 @@ class TileStore:
         config: The pipeline.
 
     Raises:
-        CarbongeoError: If the tile index is missing.
+        InputDataError: If the tile index is missing.
     """
 
     def __init__(self, config: PipelineConfig) -> None:
@@ -516,7 +516,7 @@ class TileStore:
         for key in ("X", "Y"):
             path = self.tiles_dir / f"{key}_{year}.npy"
             if not path.is_file():
-                raise CarbongeoError(
+                raise MissingRunFileError(
                     f"{path} not found; run: carbongeo tile --config {self.config.path} "
                     f"--years {year}"
                 )
@@ -525,7 +525,7 @@ class TileStore:
         if self.index.has_coarse:
             coarse_path = self.tiles_dir / f"C_{year}.npy"
             if not coarse_path.is_file():
-                raise CarbongeoError(
+                raise MissingRunFileError(
                     f"{coarse_path} not found; run: carbongeo tile --config {self.config.path} "
                     f"--years {year}"
                 )
@@ -539,13 +539,13 @@ class TileStore:
     def _load_prediction(self, year: int) -> np.ndarray:
         path = self.prediction_path(year)
         if not path.is_file():
-            raise CarbongeoError(
+            raise MissingRunFileError(
                 f"{path} not found; run: carbongeo mosaic --config {self.config.path} "
                 f"--years {year}"
             )
         pred = np.load(path, mmap_mode="r")
         if pred.shape != (self.grid.height, self.grid.width):
-            raise CarbongeoError(
+            raise RunFileError(
                 f"{path} has shape {pred.shape} but the grid is "
                 f"{self.grid.height} x {self.grid.width}; rerun: carbongeo mosaic "
                 f"--config {self.config.path} --years {year}"
@@ -575,7 +575,7 @@ class TileStore:
 
     def _position(self, tile_id: int) -> int:
         if tile_id not in self._positions:
-            raise CarbongeoError(
+            raise RunFileError(
                 f"tile {tile_id} is not in the tile index; the split is older than the tiles, "
                 f"rerun: carbongeo split --config {self.config.path}"
             )
@@ -870,13 +870,15 @@ def evaluate(
         The report; ``reports/evaluation.md`` and ``reports/evaluation.json`` are written.
 
     Raises:
-        CarbongeoError: Missing tiles, split or predictions (naming the command to run).
+        ParameterError: ``split`` is not train, val or test.
+        MissingRunFileError: Missing tiles, split or predictions (naming the command to run).
+        ConfigError: The split has no tiles in the evaluated subset.
     """
     from carbongeo.stages.split import load_split
 
     subset = split if split is not None else config.evaluate.split
     if subset not in ("train", "val", "test"):
-        raise CarbongeoError(f"--split: {subset!r} is not one of train, val, test")
+        raise ParameterError(f"{subset!r} is not one of train, val, test", param="split")
     store = TileStore(config)
     tile_split = load_split(config.tiles_dir)
     years = _years_with_predictions(config, store, years)
@@ -886,7 +888,7 @@ def evaluate(
     if main_years:
         ids = tile_split.ids(subset)
         if not ids:
-            raise CarbongeoError(
+            raise ConfigError(
                 f"split.json has no {subset} tiles; change split.ratios and rerun: "
                 f"carbongeo split --config {config.path}"
             )
@@ -915,14 +917,14 @@ def _years_with_predictions(
     if years is not None:
         missing = [y for y in years if not store.has_prediction(y)]
         if missing:
-            raise CarbongeoError(
+            raise MissingRunFileError(
                 f"no prediction for {missing[0]} ({store.prediction_path(missing[0])}); run: "
                 f"carbongeo mosaic --config {config.path} --years {_year_range(missing)}"
             )
         return sorted(years)
     found = [y for y in config.years if store.has_prediction(y)]
     if not found:
-        raise CarbongeoError(
+        raise MissingRunFileError(
             f"no predictions in {config.predictions_dir}; run: carbongeo mosaic "
             f"--config {config.path} --years {_year_range(config.years)}"
         )

@@ -39,7 +39,7 @@ import torch
 from tqdm import tqdm
 
 from carbongeo.device import resolve_device
-from carbongeo.errors import CarbongeoError, CheckpointError
+from carbongeo.errors import CheckpointError, MissingRunFileError, ParameterError
 from carbongeo.grid import Grid, Window
 from carbongeo.io.atomic import commit, output_error, remove_quietly, remove_stale_temps, temp_path
 from carbongeo.io.cog import COGWriter
@@ -655,11 +655,13 @@ def input_years(index: TileIndex, year: int, temporal: int) -> tuple[int, ...]:
     """The ``temporal`` input years centred on ``year``, ends replicating the nearest tiled year.
 
     Raises:
-        CarbongeoError: ``year`` is not tiled.
+        MissingRunFileError: ``year`` is not tiled.
     """
     tiled = sorted(int(y) for y in index.years)
     if year not in tiled:
-        raise CarbongeoError(f"year {year} has not been tiled; run: carbongeo tile --year {year}")
+        raise MissingRunFileError(
+            f"year {year} has not been tiled; run: carbongeo tile --year {year}"
+        )
     return tuple(window_years(year, temporal, tiled[0], tiled[-1]))
 
 
@@ -668,7 +670,7 @@ def _check_cubes(tiles_dir: Path, years: Sequence[int], has_coarse: bool) -> Non
         for kind in ("X", "C" if has_coarse else "Y"):
             path = cube_path(tiles_dir, kind, year)
             if not path.is_file():
-                raise CarbongeoError(
+                raise MissingRunFileError(
                     f"{path.name} is missing from {tiles_dir}; run: carbongeo tile --year {year}"
                 )
 
@@ -820,35 +822,38 @@ def mosaic_years(
         One result per year, in the order of ``years``.
 
     Raises:
-        CarbongeoError: The tiles are missing (run ``carbongeo tile``), the checkpoint is missing
-            or does not fit the tiles (:class:`~carbongeo.errors.CheckpointError`), or an output
-            cannot be written.
+        ParameterError: ``batch_size``, ``overlap``, ``workers`` or ``device`` is invalid.
+        InputDataError: The tiles are missing (run ``carbongeo tile``).
+        CheckpointError: The checkpoint is missing or does not fit the tiles.
+        OutputError: An output cannot be written.
+        ClusterError: The dask scheduler cannot be reached or the cluster failed.
     """
     checkpoint = Path(checkpoint) if checkpoint is not None else config.checkpoints_dir / "best.pt"
     overlap = config.mosaic.overlap if overlap is None else overlap
     batch_size = config.mosaic.batch_size if batch_size is None else batch_size
     if batch_size < 1:
-        raise CarbongeoError(f"--batch-size: must be >= 1, got {batch_size}")
+        raise ParameterError(f"must be >= 1, got {batch_size}", param="batch_size")
     worker_count(workers)  # a bad count fails before any work
     resolve_device(device)  # fail before any work on a bad device
     index = load_index(config.tiles_dir)
     grid = index.grid
     if not 0 <= overlap < grid.tile_size:
-        raise CarbongeoError(f"--overlap: must be in [0, {grid.tile_size}), got {overlap}")
+        raise ParameterError(f"must be in [0, {grid.tile_size}), got {overlap}", param="overlap")
 
     results: dict[int, MosaicResult] = {}
     todo: list[int] = []
     for year in dict.fromkeys(int(y) for y in years):
         tif_path, npy_path = prediction_paths(config, year)
         if tif_path.is_file() and npy_path.is_file() and not overwrite:
-            log.info("year %d: %s exists, skipped (use --overwrite to recompute)", year, tif_path)
+            log.info("year %d: %s exists, skipped (not overwriting)", year, tif_path)
             results[year] = MosaicResult(year, tif_path, npy_path, skipped=True)
         else:
             todo.append(year)
     if todo:
         if not checkpoint.is_file():
             raise CheckpointError(
-                f"checkpoint not found: {checkpoint}; run: carbongeo train (or pass --checkpoint)"
+                f"checkpoint not found: {checkpoint}; run: carbongeo train, or give another "
+                "checkpoint"
             )
         model, norm, state = _load_model(checkpoint, index)
         for year in todo:  # every input is checked before the first year starts

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from carbongeo.config import PipelineConfig, SplitConfig
-from carbongeo.errors import CarbongeoError
+from carbongeo.errors import ConfigError, MissingRunFileError, ParameterError, RunFileError
 from carbongeo.io.atomic import write_json_atomic
 from carbongeo.stages.tile import load_index
 
@@ -40,7 +40,7 @@ class TileSplit:
     def ids(self, subset: str) -> list[int]:
         """The tile ids of ``train``, ``val`` or ``test``."""
         if subset not in ("train", "val", "test"):
-            raise CarbongeoError(f"unknown split subset {subset!r}; use train, val or test")
+            raise ParameterError(f"{subset!r} is not one of train, val, test", param="subset")
         return list(getattr(self, subset))
 
     def to_dict(self) -> dict[str, Any]:
@@ -163,7 +163,7 @@ def split_tiles(config: PipelineConfig) -> TileSplit:
         )
     result = make_split(records, config.split)
     if not result.train:
-        raise CarbongeoError(
+        raise ConfigError(
             "split: no tile is left for training; lower split.min_valid_fraction or "
             "split.buffer_tiles, or tile a larger area"
         )
@@ -175,10 +175,10 @@ def load_split(tiles_dir: Path) -> TileSplit:
     """Read ``tiles/split.json``."""
     path = tiles_dir / SPLIT_FILE
     if not path.is_file():
-        raise CarbongeoError(f"{path} not found; run 'carbongeo split' first")
+        raise MissingRunFileError(f"{path} not found; run 'carbongeo split' first")
     try:
         return TileSplit.from_dict(json.loads(path.read_text()))
     except (ValueError, KeyError, TypeError) as err:
-        raise CarbongeoError(
+        raise RunFileError(
             f"{path} is not a valid split file ({err}); rerun 'carbongeo split'"
         ) from err

@@ -49,7 +49,7 @@ from tqdm import tqdm
 
 from carbongeo.config import PipelineConfig
 from carbongeo.device import resolve_device
-from carbongeo.errors import CarbongeoError, CheckpointError
+from carbongeo.errors import CheckpointError, ConfigError, ParameterError, RunFileError
 from carbongeo.evaluation.metrics import METRIC_NAMES, PooledMetrics
 from carbongeo.io.atomic import remove_stale_temps, write_text_atomic
 from carbongeo.models.losses import TERMS, HybridLoss
@@ -323,12 +323,12 @@ def _channels_last(model: nn.Module) -> None:
 
 def _check_tiles(index: TileIndex, config: PipelineConfig) -> None:
     if list(index.bands) != config.aux_names:
-        raise CarbongeoError(
+        raise RunFileError(
             f"the tiles have aux bands {list(index.bands)} but the config lists "
             f"{config.aux_names}; rerun: carbongeo tile"
         )
     if (index.scale, index.tile_size) != (config.grid.scale, config.grid.tile_size):
-        raise CarbongeoError(
+        raise RunFileError(
             f"the tiles were cut with scale {index.scale} and tile size {index.tile_size} but the "
             f"config has {config.grid.scale} and {config.grid.tile_size}; rerun: carbongeo tile"
         )
@@ -463,15 +463,19 @@ def train(
         The paths written and the best validation MAE.
 
     Raises:
-        CarbongeoError: Missing tiles or split, inconsistent tiles, an unavailable device.
+        ParameterError: ``epochs``, ``max_steps_per_epoch`` or ``device`` is invalid
+            (:class:`~carbongeo.errors.DeviceUnavailableError`: no CUDA GPU).
+        RunFileError: Missing tiles or split, or tiles made with other settings.
         CheckpointError: ``latest.pt`` belongs to another data or model configuration.
     """
     total_epochs = config.train.epochs if epochs is None else epochs
     if total_epochs < 1:
-        raise CarbongeoError(f"--epochs: must be >= 1, got {total_epochs}")
+        raise ParameterError(f"must be >= 1, got {total_epochs}", param="epochs")
     if max_steps_per_epoch is not None and max_steps_per_epoch < 1:
-        raise CarbongeoError(f"max_steps_per_epoch must be >= 1, got {max_steps_per_epoch}")
-    dev = resolve_device(device or config.train.device)
+        raise ParameterError(
+            f"must be >= 1, got {max_steps_per_epoch}", param="max_steps_per_epoch"
+        )
+    dev = resolve_device(device or config.train.device, "device" if device else "train.device")
     ctx = init_distributed(dev)
     try:
         if dev.type == "cuda" and ctx.distributed:
@@ -514,9 +518,11 @@ class _Trainer:
         split = load_split(config.tiles_dir)
         self.years = [y for y in config.years if y != split.holdout_year]
         if not split.train:
-            raise CarbongeoError("the split has no train tiles; rerun: carbongeo split")
+            raise RunFileError("the split has no train tiles; rerun: carbongeo split")
         if not self.years:
-            raise CarbongeoError("no training year is left after the held-out year")
+            raise ConfigError(
+                "split.holdout_year: no training year is left after the held-out year"
+            )
         self.split_ids = {
             "train": [int(i) for i in split.train],
             "val": [int(i) for i in split.val],
@@ -658,17 +664,17 @@ class _Trainer:
         if state.get("data_hash") != config.data_hash():
             raise CheckpointError(
                 f"{self.latest_path} comes from another data or model configuration; delete it "
-                "or train without resuming (--no-resume) to start afresh"
+                "or train without resuming to start afresh"
             )
         check_compatible(state, list(self.index.bands), self.index.scale, self.index.tile_size)
         if state.get("split") != self.split_ids:
             raise CheckpointError(
                 f"{self.latest_path} was trained on another split (tiles/split.json changed); "
-                "delete it or train without resuming (--no-resume) to start afresh"
+                "delete it or train without resuming to start afresh"
             )
 
     def _restore(self, state: dict[str, Any]) -> None:
-        load_weights(self.model, state, f"delete {self.latest_path} or use --no-resume")
+        load_weights(self.model, state, f"delete {self.latest_path} or train without resuming")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler") is not None:

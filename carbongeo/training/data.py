@@ -21,7 +21,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from carbongeo.errors import CarbongeoError
+from carbongeo.errors import (
+    CheckpointError,
+    GridError,
+    MissingRunFileError,
+    ParameterError,
+)
 from carbongeo.stages.tile import load_index
 from carbongeo.training.normalization import aux_domain
 
@@ -36,7 +41,7 @@ def window_years(year: int, temporal: int, first: int, last: int) -> list[int]:
     ``temporal`` entries and its centre is ``year``.
     """
     if temporal < 1 or temporal % 2 == 0:
-        raise CarbongeoError(f"the temporal window must be an odd number of years, got {temporal}")
+        raise ParameterError(f"must be an odd number of years, got {temporal}", param="temporal")
     radius = temporal // 2
     return [min(max(year + k, first), last) for k in range(-radius, radius + 1)]
 
@@ -45,7 +50,7 @@ def block_sum_np(x: np.ndarray, scale: int) -> np.ndarray:
     """Sum ``[..., H, W]`` over ``scale x scale`` blocks (nodata, i.e. non-finite, counts as 0)."""
     height, width = x.shape[-2:]
     if height % scale or width % scale:
-        raise CarbongeoError(f"tile size {height}x{width} is not a multiple of scale {scale}")
+        raise GridError(f"tile size {height}x{width} is not a multiple of scale {scale}")
     blocks = np.where(np.isfinite(x), x, 0.0).reshape(
         *x.shape[:-2], height // scale, scale, width // scale, scale
     )
@@ -81,8 +86,9 @@ class CubeDataset(Dataset[dict[str, Any]]):
             the first and last of ``years``.
 
     Raises:
-        CarbongeoError: If the index is missing, a tile id is unknown, the cubes of a needed year
-            are missing, or the aux bands differ from the normalisation.
+        InputDataError: If the index is missing or a tile id is unknown.
+        MissingRunFileError: If the cubes of a needed year are missing.
+        CheckpointError: If the aux bands differ from the normalisation.
     """
 
     def __init__(
@@ -105,7 +111,7 @@ class CubeDataset(Dataset[dict[str, Any]]):
         self.seed = seed
         self.scale = self.index.scale
         if len(self.index.bands) != norm.n_bands:
-            raise CarbongeoError(
+            raise CheckpointError(
                 f"the tiles have {len(self.index.bands)} aux bands but the normalisation has "
                 f"{norm.n_bands}; they come from different configurations"
             )
@@ -118,7 +124,7 @@ class CubeDataset(Dataset[dict[str, Any]]):
         for year in needed:
             for prefix in ("X", "Y"):
                 if not (self.tiles_dir / f"{prefix}_{year}.npy").is_file():
-                    raise CarbongeoError(
+                    raise MissingRunFileError(
                         f"tiles for year {year} are missing from {self.tiles_dir} "
                         f"({prefix}_{year}.npy); run: carbongeo tile --year {year}"
                     )
