@@ -545,20 +545,20 @@ def parse_config(
     return config
 
 
-def select_years(config: PipelineConfig, year: int | None, years: str | None) -> tuple[int, ...]:
-    """The years a command works on: ``--year``, ``--years`` or all years of the config."""
-    if year is not None and years is not None:
-        raise ConfigError("--year and --years: give one of them, not both")
-    if year is not None:
-        chosen: tuple[int, ...] = (year,)
-    elif years is not None:
-        chosen = parse_years(years, "--years")
-    else:
+def select_years(config: PipelineConfig, years: Sequence[int] | None = None) -> tuple[int, ...]:
+    """The years a stage works on: ``years`` (each one of the config's), or all of them.
+
+    Raises:
+        ParameterError: A year is not among the config's ``years``.
+    """
+    if years is None:
         return config.years
+    chosen = tuple(sorted({int(y) for y in years}))
     outside = [y for y in chosen if y not in config.years]
     if outside:
-        raise ConfigError(
-            f"--years: {outside[0]} is not in the config's years "
-            f"{config.years[0]}-{config.years[-1]}; add it to 'years' in {config.path.name}"
+        raise ParameterError(
+            f"{outside[0]} is not in the config's years {config.years[0]}-{config.years[-1]}; "
+            f"add it to 'years' in {config.path.name}",
+            param="years",
         )
     return chosen

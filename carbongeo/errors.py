@@ -86,6 +86,13 @@ class CheckpointError(CarbongeoError):
     """A checkpoint is missing, not a checkpoint, unsafe, or made for another configuration."""
 
 
+class ResumeMismatchError(CheckpointError):
+    """``checkpoints/latest.pt`` comes from another configuration or split than this run.
+
+    The fix is to delete it or to train without resuming; the message says so.
+    """
+
+
 class OutputError(CarbongeoError):
     """An output cannot be written (folder not writable, disk full)."""
 

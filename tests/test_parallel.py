@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import dask
 import pytest
 
-from carbongeo.errors import ClusterError, InputDataError, ParameterError
+from carbongeo.config import parse_config
+from carbongeo.errors import ClusterError, ConfigError, InputDataError, ParameterError
 from carbongeo.parallel import run_tasks, worker_count
 
 
@@ -128,3 +130,26 @@ def test_local_cluster_keeps_distributed_chatter_out_of_the_log(
     assert run_tasks(_tasks(n=3), workers=2) == [0, 1, 4]  # a local cluster of 2 processes
     chatter = [r for r in caplog.records if r.name.startswith("distributed")]
     assert [r for r in chatter if r.levelno < logging.WARNING] == []
+
+
+def test_tile_and_mosaic_share_the_workers_rule(tmp_path: Path) -> None:
+    """-1 is refused before any work by both; 0 (one per CPU) is accepted by both."""
+    from carbongeo.stages.mosaic import mosaic_years
+    from carbongeo.stages.tile import tile_years
+
+    config = parse_config(
+        {
+            "years": "2014-2015",
+            "target": {"path": "co2_{year}.tif"},
+            "aux": [{"name": "ntl", "path": "ntl_{year}.tif"}],
+        },
+        tmp_path,
+    )
+    for stage in (tile_years, mosaic_years):
+        with pytest.raises(ParameterError, match="workers: must be >= 0"):
+            stage(config, [2014], workers=-1, progress=False)
+    # With 0 both get past the check and stop on the missing inputs instead.
+    with pytest.raises(ConfigError, match="co2_2014.tif"):
+        tile_years(config, [2014], workers=0, progress=False)
+    with pytest.raises(InputDataError, match="carbongeo tile"):
+        mosaic_years(config, [2014], workers=0, progress=False)

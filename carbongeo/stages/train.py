@@ -49,7 +49,12 @@ from tqdm import tqdm
 
 from carbongeo.config import PipelineConfig
 from carbongeo.device import resolve_device
-from carbongeo.errors import CheckpointError, ConfigError, ParameterError, RunFileError
+from carbongeo.errors import (
+    ConfigError,
+    ParameterError,
+    ResumeMismatchError,
+    RunFileError,
+)
 from carbongeo.evaluation.metrics import METRIC_NAMES, PooledMetrics
 from carbongeo.io.atomic import remove_stale_temps, write_text_atomic
 from carbongeo.models.losses import TERMS, HybridLoss
@@ -466,7 +471,8 @@ def train(
         ParameterError: ``epochs``, ``max_steps_per_epoch`` or ``device`` is invalid
             (:class:`~carbongeo.errors.DeviceUnavailableError`: no CUDA GPU).
         RunFileError: Missing tiles or split, or tiles made with other settings.
-        CheckpointError: ``latest.pt`` belongs to another data or model configuration.
+        ResumeMismatchError: ``latest.pt`` belongs to another data or model configuration
+            or split (a :class:`~carbongeo.errors.CheckpointError`).
     """
     total_epochs = config.train.epochs if epochs is None else epochs
     if total_epochs < 1:
@@ -662,13 +668,13 @@ class _Trainer:
     def _check_resumable(self, state: dict[str, Any]) -> None:
         config = self.config
         if state.get("data_hash") != config.data_hash():
-            raise CheckpointError(
+            raise ResumeMismatchError(
                 f"{self.latest_path} comes from another data or model configuration; delete it "
                 "or train without resuming to start afresh"
             )
         check_compatible(state, list(self.index.bands), self.index.scale, self.index.tile_size)
         if state.get("split") != self.split_ids:
-            raise CheckpointError(
+            raise ResumeMismatchError(
                 f"{self.latest_path} was trained on another split (tiles/split.json changed); "
                 "delete it or train without resuming to start afresh"
             )
