@@ -48,7 +48,8 @@ from pathlib import Path
 from typing import Any
 
 from carbongeo import __version__
-from carbongeo.errors import CarbongeoError
+from carbongeo.config import DEVICES
+from carbongeo.errors import CarbongeoError, ParameterError, WorkerError
 
 # Nothing heavy may be imported at module level: see the module docstring.
 
@@ -143,19 +144,23 @@ def bench_settings(
 def _validate(settings: BenchSettings) -> None:
     unknown = set(settings.stages) - set(STAGES)
     if unknown:
-        raise CarbongeoError(f"unknown bench stages {sorted(unknown)}; use {', '.join(STAGES)}")
+        raise ParameterError(f"unknown {sorted(unknown)}; use {', '.join(STAGES)}", param="stages")
     for name in ("tile_sizes", "mosaic_sizes"):
         sizes = getattr(settings, name)
         if any(size < TILE for size in sizes):
-            raise CarbongeoError(f"{name}: every size must be >= {TILE} pixels, got {sizes}")
+            raise ParameterError(f"every size must be >= {TILE} pixels, got {sizes}", param=name)
     if settings.train_tiles < 1 or settings.train_steps < 1 or settings.train_batch < 1:
-        raise CarbongeoError("train_tiles, train_steps and train_batch must be >= 1")
+        raise ParameterError("train_tiles, train_steps and train_batch must be >= 1")
     if any(w < 0 for w in settings.loader_workers):
-        raise CarbongeoError(f"loader_workers must be >= 0, got {settings.loader_workers}")
-    if settings.device not in ("auto", "cpu", "cuda"):
-        raise CarbongeoError(f"--device: {settings.device!r} is not one of auto, cpu, cuda")
+        raise ParameterError(f"must be >= 0, got {settings.loader_workers}", param="loader_workers")
+    if settings.device not in DEVICES:
+        raise ParameterError(
+            f"{settings.device!r} is not one of {', '.join(DEVICES)}", param="device"
+        )
     if settings.mosaic_predictor not in ("model", "fast"):
-        raise CarbongeoError(f"mosaic_predictor must be model or fast: {settings.mosaic_predictor}")
+        raise ParameterError(
+            f"{settings.mosaic_predictor!r} is not one of model, fast", param="mosaic_predictor"
+        )
 
 
 def parse_sizes(text: str | None) -> tuple[int, ...] | None:
@@ -215,7 +220,7 @@ def _run_worker(kind: str, params: dict[str, Any]) -> dict[str, Any]:
         The worker's JSON result plus ``sampled_rss_mb`` (psutil, else None).
 
     Raises:
-        CarbongeoError: The worker stopped on a user error (exit code 2).
+        WorkerError: The worker stopped on a user error (exit code 2).
         RuntimeError: The worker failed otherwise.
     """
     cmd = [sys.executable, "-m", "carbongeo.bench", "_worker", kind, json.dumps(params)]
@@ -235,7 +240,7 @@ def _run_worker(kind: str, params: dict[str, Any]) -> dict[str, Any]:
         stdout = out.read().decode("utf-8", "replace")
         stderr = err.read().decode("utf-8", "replace")
     if proc.returncode == 2 and stderr.strip():
-        raise CarbongeoError(stderr.strip().splitlines()[-1].removeprefix("carbongeo: error: "))
+        raise WorkerError(stderr.strip().splitlines()[-1].removeprefix("carbongeo: error: "))
     if proc.returncode:
         raise RuntimeError(
             f"bench worker {kind} failed with exit code {proc.returncode}:\n{stderr[-4000:]}"
@@ -276,7 +281,8 @@ def run_bench(
         ``sampled_rss_mb`` the psutil-sampled peak of its process tree (None without psutil).
 
     Raises:
-        CarbongeoError: Bad settings, or ``cuda`` asked for without a GPU.
+        ParameterError: Bad settings.
+        WorkerError: A measurement stopped on a user error (``cuda`` without a GPU, ...).
         RuntimeError: A measurement process failed (its stderr is in the message).
     """
     settings = settings or bench_settings()

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from carbongeo.errors import ConfigError
+from carbongeo.errors import ConfigError, ConfigNotFoundError, ParameterError
 from carbongeo.store.layout import RunLayout
 
 Kind = Literal["extensive", "intensive", "categorical"]
@@ -216,20 +216,26 @@ class PipelineConfig:
         text = repr({k: self.raw.get(k) for k in keys})
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
+    def source_key(self, src: SourceConfig) -> str:
+        """The config key of a source's path, the label of every message about the source.
+
+        ``target.path``, ``coarse.path``, or ``aux[<i>].path (<name>)`` for the i-th aux band.
+        """
+        if src is self.target:
+            return "target.path"
+        if src is self.coarse:
+            return "coarse.path"
+        return f"aux[{self.aux.index(src)}].path ({src.name})"
+
     def check_files(self, years: Sequence[int] | None = None) -> None:
         """Raise ConfigError naming the first source file missing for one of ``years``."""
         for year in years if years is not None else self.years:
             for src in self.sources():
                 path = src.path_for(year)
                 if not path.exists():
-                    key = (
-                        "target.path"
-                        if src.name == "target"
-                        else ("coarse.path" if src is self.coarse else f"aux '{src.name}' path")
-                    )
                     raise ConfigError(
-                        f"{key}: file for year {year} not found: {path} "
-                        "(fix the path or the years range)"
+                        f"file for year {year} not found: {path} (fix the path or the years range)",
+                        param=self.source_key(src),
                     )
 
 
@@ -238,19 +244,24 @@ _YEAR_RANGE = re.compile(r"^\s*(\d{4})\s*(?:-\s*(\d{4})\s*)?$")
 
 
 def parse_years(value: object, key: str = "years") -> tuple[int, ...]:
-    """Parse ``"2014-2023"``, ``"2014"``, ``2014`` or a list of years into a sorted tuple."""
+    """Parse ``"2014-2023"``, ``"2014"``, ``2014`` or a list of years into a sorted tuple.
+
+    Raises:
+        ConfigError: ``value`` is none of these; the message is about ``key``.
+    """
+    expected = 'expected a year range like "2014-2023" or a list of years'
     if isinstance(value, bool):
-        raise ConfigError(f'{key}: expected a year range like "2014-2023" or a list of years')
+        raise ConfigError(expected, param=key)
     if isinstance(value, int):
         return (value,)
     if isinstance(value, str):
         match = _YEAR_RANGE.match(value)
         if not match:
-            raise ConfigError(f'{key}: {value!r} is not a year range; write e.g. "2014-2023"')
+            raise ConfigError(f'{value!r} is not a year range; write e.g. "2014-2023"', param=key)
         start = int(match.group(1))
         end = int(match.group(2) or start)
         if end < start:
-            raise ConfigError(f"{key}: range {value!r} ends before it starts")
+            raise ConfigError(f"range {value!r} ends before it starts", param=key)
         return tuple(range(start, end + 1))
     if (
         isinstance(value, list)
@@ -258,7 +269,7 @@ def parse_years(value: object, key: str = "years") -> tuple[int, ...]:
         and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
     ):
         return tuple(sorted(set(value)))
-    raise ConfigError(f'{key}: expected a year range like "2014-2023" or a list of years')
+    raise ConfigError(expected, param=key)
 
 
 def _check_keys(table: dict[str, Any], allowed: Sequence[str], where: str) -> None:
@@ -385,13 +396,14 @@ def load_config(path: str | Path, *, check_files: bool = False) -> PipelineConfi
         The validated configuration with absolute paths.
 
     Raises:
-        ConfigError: One line naming the offending key and the fix.
+        ConfigError: One line naming the offending key and the fix
+            (:class:`~carbongeo.errors.ConfigNotFoundError`: there is no such file).
     """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(
-            f"config file not found: {path} (pass --config PATH, or run "
-            "'carbongeo synth --out DIR' for a ready example)"
+        raise ConfigNotFoundError(
+            f"config file not found: {path} (run 'carbongeo synth --out DIR' for a ready example)",
+            path=path,
         )
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -539,20 +551,20 @@ def parse_config(
     return config
 
 
-def select_years(config: PipelineConfig, year: int | None, years: str | None) -> tuple[int, ...]:
-    """The years a command works on: ``--year``, ``--years`` or all years of the config."""
-    if year is not None and years is not None:
-        raise ConfigError("--year and --years: give one of them, not both")
-    if year is not None:
-        chosen: tuple[int, ...] = (year,)
-    elif years is not None:
-        chosen = parse_years(years, "--years")
-    else:
+def select_years(config: PipelineConfig, years: Sequence[int] | None = None) -> tuple[int, ...]:
+    """The years a stage works on: ``years`` (each one of the config's), or all of them.
+
+    Raises:
+        ParameterError: A year is not among the config's ``years``.
+    """
+    if years is None:
         return config.years
+    chosen = tuple(sorted({int(y) for y in years}))
     outside = [y for y in chosen if y not in config.years]
     if outside:
-        raise ConfigError(
-            f"--years: {outside[0]} is not in the config's years "
-            f"{config.years[0]}-{config.years[-1]}; add it to 'years' in {config.path.name}"
+        raise ParameterError(
+            f"{outside[0]} is not in the config's years {config.years[0]}-{config.years[-1]}; "
+            f"add it to 'years' in {config.path.name}",
+            param="years",
         )
     return chosen

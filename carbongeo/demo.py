@@ -70,7 +70,7 @@ def run_demo(
         return result
 
     config_path = stage("synth", lambda: generate_world(out_dir / "world", seed=seed, size=size))
-    config: PipelineConfig = load_config(config_path, check_files=True)
+    config: PipelineConfig = load_config(config_path)  # the tile stage checks the files
     stage("tile", lambda: tile_years(config, config.years, progress=progress))
     stage("split", lambda: split_tiles(config))
     # A demo is a fresh run: never resume an older run's checkpoints in the same folder.

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from carbongeo.config import load_config, parse_years, select_years
-from carbongeo.errors import ConfigError
+from carbongeo.errors import ConfigError, ParameterError
 
 BASE = """
 workdir = "runs/x"
@@ -147,10 +147,16 @@ def test_missing_file_for_a_year_names_key_and_year(tmp_path: Path) -> None:
 
 def test_select_years(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, BASE))
-    assert select_years(config, None, None) == (2014, 2015, 2016)
-    assert select_years(config, 2015, None) == (2015,)
-    assert select_years(config, None, "2015-2016") == (2015, 2016)
-    with pytest.raises(ConfigError, match="2019 is not in the config"):
-        select_years(config, 2019, None)
-    with pytest.raises(ConfigError, match="not both"):
-        select_years(config, 2015, "2015-2016")
+    assert select_years(config) == (2014, 2015, 2016)
+    assert select_years(config, (2015,)) == (2015,)
+    assert select_years(config, (2016, 2015, 2016)) == (2015, 2016)
+    with pytest.raises(ParameterError, match="years: 2019 is not in the config") as info:
+        select_years(config, (2015, 2019))
+    assert info.value.param == "years"
+
+
+def test_source_keys_label_every_source(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, BASE))
+    assert config.source_key(config.target) == "target.path"
+    labels = [config.source_key(a) for a in config.aux]
+    assert labels == [f"aux[{i}].path ({a.name})" for i, a in enumerate(config.aux)]

@@ -1,8 +1,10 @@
 """The ``carbongeo`` command line: a thin click layer over the Python API.
 
-User errors (:class:`~carbongeo.errors.CarbongeoError`) and file-system failures (``OSError``)
-print one line on stderr and exit with code 2; Ctrl-C exits with 130. Heavy modules are imported
-inside each command so ``--help`` stays fast.
+Every error is one line on stderr: user errors (:class:`~carbongeo.errors.CarbongeoError`, with
+the flag the user typed in place of the library's parameter name), bad option values and usage
+mistakes exit with code 2, file-system failures (``OSError``) too; Ctrl-C exits with 130. Shared
+options live in :mod:`carbongeo.cli.options`. Heavy modules are imported inside each command so
+``--help`` stays fast.
 """
 
 from __future__ import annotations
@@ -10,85 +12,136 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
 from carbongeo import __version__
-from carbongeo.errors import CarbongeoError
+from carbongeo.cli.options import (
+    POSITIVE,
+    SCENE_SIZES,
+    WORLD_SIZE,
+    config_option,
+    configure_logging,
+    dask_options,
+    device_option,
+    flag_for,
+    json_option,
+    verbosity,
+    verbosity_params,
+    year_option,
+    year_or_years_options,
+    years_option,
+)
+from carbongeo.errors import CarbongeoError, ConfigNotFoundError, ResumeMismatchError
 
 log = logging.getLogger("carbongeo")
 
-CONFIG_HELP = "Pipeline file (TOML). Default: carbongeo.toml in the working folder."
+
+def _fail(message: str, exit_code: int = 2) -> NoReturn:
+    click.echo(f"carbongeo: error: {message}", err=True)
+    sys.exit(exit_code)
 
 
-class CarbongeoGroup(click.Group):
-    """A click group that turns user errors into one line and exit code 2."""
+def _usage_line(err: click.ClickException) -> str:
+    """A click usage error in one line: ``--flag: what is wrong`` or ``what (see --help)``."""
+    if isinstance(err, click.BadParameter) and not isinstance(err, click.MissingParameter):
+        hint = err.param_hint
+        if hint is None and err.param is not None:
+            hint = err.param.opts[0] if err.param.opts else err.param.name
+        elif isinstance(hint, list | tuple):
+            hint = " / ".join(hint)
+        return f"{hint}: {err.message}"
+    ctx = getattr(err, "ctx", None)
+    where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    return " ".join(err.format_message().split()) + where
+
+
+def _user_error_line(ctx: click.Context, err: CarbongeoError) -> str:
+    """The message of a user error, naming the flag the user typed rather than the parameter."""
+    if isinstance(err, ConfigNotFoundError):
+        return (
+            f"config file not found: {err.path} (pass --config PATH, or run "
+            "'carbongeo synth --out DIR' for a ready example)"
+        )
+    if isinstance(err, ResumeMismatchError):
+        return f"{err} (--no-resume)"
+    flag = flag_for(ctx, err.param) if err.param else None
+    return f"{flag}: {err.message}" if flag else str(err)
+
+
+class CarbongeoCommand(click.Command):
+    """A command that takes ``-v``/``-q`` after its name and reports every error in one line."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params.extend(verbosity_params())
 
     def invoke(self, ctx: click.Context) -> Any:
+        configure_logging(verbosity(ctx))
         try:
             return super().invoke(ctx)
         except CarbongeoError as err:
-            click.echo(f"carbongeo: error: {err}", err=True)
-            sys.exit(err.exit_code)
+            _fail(_user_error_line(ctx, err), err.exit_code)
         except OSError as err:
             # A file-system failure no stage turned into a CarbongeoError (a folder that is a
             # file, no permission, disk full): still one line; -vv logs the traceback.
             log.debug("unhandled OSError", exc_info=True)
             where = f"{err.filename}: " if err.filename else ""
             reason = (err.strerror or str(err) or type(err).__name__).strip().splitlines()[0]
-            click.echo(
-                f"carbongeo: error: {where}{reason} (check that the path is a writable folder "
-                "or a readable file, and that the disk has free space)",
-                err=True,
+            _fail(
+                f"{where}{reason} (check that the path is a writable folder or a readable file, "
+                "and that the disk has free space)"
             )
-            sys.exit(2)
         except KeyboardInterrupt:
             click.echo("carbongeo: interrupted", err=True)
             sys.exit(130)
 
 
-def config_option(func: Callable) -> Callable:
-    """The ``--config/-c`` option shared by every pipeline command."""
-    return click.option(
-        "--config",
-        "-c",
-        "config_path",
-        type=click.Path(dir_okay=False, path_type=Path),
-        default=Path("carbongeo.toml"),
-        show_default=True,
-        help=CONFIG_HELP,
-    )(func)
+class CarbongeoGroup(click.Group):
+    """The ``carbongeo`` group: ``-v``/``-q`` before the command, usage errors in one line."""
+
+    command_class = CarbongeoCommand
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params.extend(verbosity_params())
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.ClickException as err:
+            _fail(_usage_line(err), err.exit_code)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as err:
+            _fail(_usage_line(err), err.exit_code)
 
 
-def _load(config_path: Path, *, check_files: bool = False) -> Any:
+def _load(config_path: Path) -> Any:
     from carbongeo.config import load_config
 
-    return load_config(config_path, check_files=check_files)
+    return load_config(config_path)
 
 
 def _progress(ctx: click.Context) -> bool:
-    return ctx.obj.get("verbosity", 0) >= 0
+    return verbosity(ctx) >= 0
 
 
 @click.group(cls=CarbongeoGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="carbongeo")
-@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-@click.option("-q", "--quiet", is_flag=True, help="Only errors; no progress bars.")
 @click.pass_context
-def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
+def main(ctx: click.Context) -> None:
     """Downscale coarse carbon-emission rasters to fine, mass-conserving GeoTIFFs.
 
     The pipeline: synth (optional) -> tile -> split -> train -> mosaic -> evaluate / preview.
     Every command reads the same pipeline file (--config); see docs/pipeline-file.md.
+    -v and -q work before or after the command.
     """
-    verbosity = -1 if quiet else verbose
-    level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
-    logging.basicConfig(level=level, format="carbongeo: %(levelname)s: %(message)s")
     ctx.ensure_object(dict)
-    ctx.obj["verbosity"] = verbosity
 
 
 @main.command()
@@ -102,7 +155,7 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the world.")
 @click.option(
     "--size",
-    type=click.Choice(["tiny", "small", "medium"]),
+    type=WORLD_SIZE,
     default="small",
     show_default=True,
     help="World size: tiny (tests), small (demo, minutes on 2 cores), medium.",
@@ -120,16 +173,13 @@ def synth(out_dir: Path, seed: int, size: str) -> None:
 
 @main.command()
 @config_option
-@click.option("--year", type=int, default=None, help="One year to tile.")
-@click.option("--years", default=None, help='A range "2014-2023" (default: all years).')
-@click.option("--scheduler", default=None, help="dask.distributed scheduler address.")
-@click.option("--workers", type=int, default=None, help="Start a local dask cluster of N workers.")
+@year_or_years_options("tile")
+@dask_options("Default: threads, one per CPU.")
 @click.pass_context
 def tile(
     ctx: click.Context,
     config_path: Path,
-    year: int | None,
-    years: str | None,
+    years: tuple[int, ...] | None,
     scheduler: str | None,
     workers: int | None,
 ) -> None:
@@ -142,8 +192,7 @@ def tile(
     from carbongeo.stages.tile import tile_years
 
     config = _load(config_path)
-    chosen = select_years(config, year, years)
-    config.check_files(chosen)
+    chosen = select_years(config, years)
     index = tile_years(
         config, chosen, progress=_progress(ctx), scheduler=scheduler, workers=workers
     )
@@ -170,7 +219,7 @@ def split(config_path: Path) -> None:
 
 @main.command()
 @config_option
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@json_option("Print machine-readable JSON.")
 def check(config_path: Path, as_json: bool) -> None:
     """Report per-band statistics, totals before/after alignment, and warnings."""
     from carbongeo.stages.check import check_data
@@ -184,13 +233,8 @@ def check(config_path: Path, as_json: bool) -> None:
 
 @main.command("train")
 @config_option
-@click.option("--epochs", type=int, default=None, help="Override train.epochs.")
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
-    default=None,
-    help="Where to train (default: train.device of the config; auto = CUDA when present).",
-)
+@click.option("--epochs", type=POSITIVE, default=None, help="Override train.epochs.")
+@device_option(None, "Where to train; default: train.device of the config")
 @click.option(
     "--resume/--no-resume",
     default=True,
@@ -210,8 +254,6 @@ def train_command(
 
     from carbongeo.stages.train import train
 
-    if epochs is not None and epochs <= 0:
-        raise click.BadParameter("must be > 0", param_hint="--epochs")
     result = train(
         _load(config_path), epochs=epochs, device=device, resume=resume, progress=_progress(ctx)
     )
@@ -224,8 +266,7 @@ def train_command(
 
 @main.command("mosaic")
 @config_option
-@click.option("--year", type=int, default=None, help="One year to predict.")
-@click.option("--years", default=None, help='A range "2014-2023" (default: all years).')
+@year_or_years_options("predict")
 @click.option(
     "--checkpoint",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -235,20 +276,18 @@ def train_command(
 @click.option(
     "--overlap", type=int, default=None, help="Window overlap in pixels (mosaic.overlap)."
 )
-@click.option("--batch-size", type=int, default=None, help="Windows per batch (mosaic.batch_size).")
 @click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+    "--batch-size", type=POSITIVE, default=None, help="Windows per batch (mosaic.batch_size)."
 )
+@device_option("auto", "Where to run the model")
 @click.option("--overwrite", is_flag=True, help="Recompute years whose outputs already exist.")
-@click.option("--scheduler", default=None, help="dask.distributed scheduler address.")
-@click.option("--workers", type=int, default=None, help="Start a local dask cluster of N workers.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON record per year.")
+@dask_options("One task per year. Default: in this process, year after year.")
+@json_option("Print one JSON record per year.")
 @click.pass_context
 def mosaic_command(
     ctx: click.Context,
     config_path: Path,
-    year: int | None,
-    years: str | None,
+    years: tuple[int, ...] | None,
     checkpoint: Path | None,
     overlap: int | None,
     batch_size: int | None,
@@ -270,7 +309,7 @@ def mosaic_command(
     config = _load(config_path)
     results = mosaic_years(
         config,
-        select_years(config, year, years),
+        select_years(config, years),
         checkpoint=checkpoint,
         overlap=overlap,
         batch_size=batch_size,
@@ -294,18 +333,21 @@ def mosaic_command(
 
 @main.command("evaluate")
 @config_option
-@click.option("--years", default=None, help='Years to evaluate, e.g. "2020-2023" (default: all).')
+@years_option("evaluate")
 @click.option(
     "--split",
-    "subset",
     type=click.Choice(["train", "val", "test"]),
     default=None,
     help="Tiles to evaluate (default: evaluate.split of the config, normally test).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
+@json_option("Print the full report as JSON.")
 @click.pass_context
 def evaluate_command(
-    ctx: click.Context, config_path: Path, years: str | None, subset: str | None, as_json: bool
+    ctx: click.Context,
+    config_path: Path,
+    years: tuple[int, ...] | None,
+    split: str | None,
+    as_json: bool,
 ) -> None:
     """Compare the model's predictions with uniform, bicubic and dasymetric baselines.
 
@@ -316,8 +358,8 @@ def evaluate_command(
     from carbongeo.stages.evaluate import evaluate
 
     config = _load(config_path)
-    chosen = list(select_years(config, None, years)) if years else None
-    report = evaluate(config, years=chosen, split=subset, progress=_progress(ctx) and not as_json)
+    chosen = list(select_years(config, years)) if years else None
+    report = evaluate(config, years=chosen, split=split, progress=_progress(ctx) and not as_json)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
         return
@@ -328,8 +370,8 @@ def evaluate_command(
 
 @main.command("preview")
 @config_option
-@click.option("--year", type=int, required=True, help="Year to show.")
-@click.option("--n-tiles", type=int, default=4, show_default=True, help="Sample tiles to show.")
+@year_option("show", required=True)
+@click.option("--n-tiles", type=POSITIVE, default=4, show_default=True, help="Tiles to show.")
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
@@ -342,9 +384,7 @@ def preview_command(config_path: Path, year: int, n_tiles: int, out: Path | None
     from carbongeo.stages.preview import preview
 
     config = _load(config_path)
-    select_years(config, year, None)
-    if n_tiles <= 0:
-        raise click.BadParameter("must be > 0", param_hint="--n-tiles")
+    select_years(config, (year,))
     for path in preview(config, year, n_tiles=n_tiles, out=out):
         click.echo(str(path))
 
@@ -360,16 +400,14 @@ def preview_command(config_path: Path, year: int, n_tiles: int, out: Path | None
 )
 @click.option(
     "--size",
-    type=click.Choice(["tiny", "small", "medium"]),
+    type=WORLD_SIZE,
     default="small",
     show_default=True,
     help="World size: small runs in minutes on 2 CPU cores.",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the world.")
-@click.option("--epochs", type=int, default=None, help="Override the training epochs.")
-@click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
-)
+@click.option("--epochs", type=POSITIVE, default=None, help="Override the training epochs.")
+@device_option("auto", "Where to train and mosaic")
 @click.pass_context
 def demo_command(
     ctx: click.Context, out_dir: Path, size: str, seed: int, epochs: int | None, device: str
@@ -398,34 +436,30 @@ def demo_command(
 @main.command("bench")
 @click.option(
     "--sizes",
+    type=SCENE_SIZES,
     default=None,
     help="Mosaic scene sides in pixels, comma-separated.  [default: 2048,8192; --quick: 256,512]",
 )
 @click.option(
     "--tile-sizes",
+    type=SCENE_SIZES,
     default=None,
     help="Tile scene sides in pixels, comma-separated.  [default: 4096,16384; --quick: 1024,2048]",
 )
 @click.option("--quick", is_flag=True, help="Small scenes and few steps (about a minute).")
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON, not the table.")
+@json_option("Print machine-readable JSON, not the table.")
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     help="Keep the generated scenes here and reuse them (default: a temporary folder, removed).",
 )
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
-    default="auto",
-    show_default=True,
-    help="Device of the training steps and the mosaic.",
-)
+@device_option("auto", "Device of the training steps and the mosaic")
 @click.pass_context
 def bench_command(
     ctx: click.Context,
-    sizes: str | None,
-    tile_sizes: str | None,
+    sizes: tuple[int, ...] | None,
+    tile_sizes: tuple[int, ...] | None,
     quick: bool,
     as_json: bool,
     out: Path | None,
@@ -439,19 +473,9 @@ def bench_command(
     a minute and the defaults about 10 minutes (much longer on busy cores; --sizes 2048,4096
     shortens the mosaic part). Progress goes to stderr (-q: none).
     """
-    from carbongeo.bench import bench_settings, format_table, parse_sizes, run_bench
+    from carbongeo.bench import bench_settings, format_table, run_bench
 
-    try:
-        mosaic_sizes = parse_sizes(sizes)
-    except ValueError as err:
-        raise click.BadParameter(str(err), param_hint="--sizes") from err
-    try:
-        tile_scene_sizes = parse_sizes(tile_sizes)
-    except ValueError as err:
-        raise click.BadParameter(str(err), param_hint="--tile-sizes") from err
-    settings = bench_settings(
-        quick=quick, tile_sizes=tile_scene_sizes, mosaic_sizes=mosaic_sizes, device=device
-    )
+    settings = bench_settings(quick=quick, tile_sizes=tile_sizes, mosaic_sizes=sizes, device=device)
     echo = (lambda line: click.echo(line, err=True)) if _progress(ctx) else None
     results = run_bench(settings, out=out, echo=echo)
     click.echo(json.dumps(results, indent=2) if as_json else format_table(results))

@@ -59,7 +59,6 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform, transform_bounds
 from rasterio.windows import Window as RioWindow
 
-from carbongeo.config import SourceConfig
 from carbongeo.errors import InputDataError
 from carbongeo.grid import Grid, Window
 
@@ -90,7 +89,8 @@ class RasterSource:
         nodata: Value that marks missing data; overrides the file's declared nodata.
         variable: netCDF variable (subdataset) to read; default: the only one, or the one named
             ``name``.
-        key: The config key the source comes from, used in error messages.
+        key: Where the source comes from (its config key), the label of error messages;
+            default: ``name``.
     """
 
     name: str
@@ -100,20 +100,6 @@ class RasterSource:
     nodata: float | None = None
     variable: str | None = None
     key: str = ""
-
-    @classmethod
-    def from_config(
-        cls, config: SourceConfig, year: int, *, key: str | None = None
-    ) -> RasterSource:
-        """The source of ``year`` described by a config entry."""
-        return cls(
-            name=config.name,
-            path=str(config.path_for(year)),
-            kind=config.kind,
-            band=config.band,
-            nodata=config.nodata,
-            key=key or config.name,
-        )
 
     @property
     def label(self) -> str:

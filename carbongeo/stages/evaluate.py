@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from carbongeo.config import PipelineConfig
-from carbongeo.errors import CarbongeoError
+from carbongeo.errors import ConfigError, ParameterError
 from carbongeo.evaluation.baselines import method_names, run_baselines
 from carbongeo.evaluation.metrics import MetricPool
 from carbongeo.evaluation.report import MODEL, EvaluationReport, SectionResult
@@ -66,11 +66,13 @@ def evaluate(
         The report; ``reports/evaluation.md`` and ``reports/evaluation.json`` are written.
 
     Raises:
-        CarbongeoError: Missing tiles, split or predictions (naming the command to run).
+        ParameterError: ``split`` is not train, val or test.
+        MissingRunFileError: Missing tiles, split or predictions (naming the command to run).
+        ConfigError: The split has no tiles in the evaluated subset.
     """
     subset = split if split is not None else config.evaluate.split
     if subset not in ("train", "val", "test"):
-        raise CarbongeoError(f"--split: {subset!r} is not one of train, val, test")
+        raise ParameterError(f"{subset!r} is not one of train, val, test", param="split")
     store = TileStore(config)
     tile_split = load_split(config.tiles_dir)
     years = _years_with_predictions(config, store, years)
@@ -80,7 +82,7 @@ def evaluate(
     if main_years:
         ids = tile_split.ids(subset)
         if not ids:
-            raise CarbongeoError(
+            raise ConfigError(
                 f"{config.layout.tiles.split} has no {subset} tiles; change split.ratios and "
                 f"rerun: carbongeo split --config {config.path}"
             )

@@ -31,16 +31,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import dask
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from carbongeo.device import resolve_device
-from carbongeo.errors import CarbongeoError, CheckpointError
+from carbongeo.errors import CheckpointError, ParameterError
 from carbongeo.grid import Grid, Window
 from carbongeo.ops.blocks import block_sum, upsample_blocks
 from carbongeo.ops.domain import aux_domain
 from carbongeo.ops.mass import mass_balance, reproject_mass
+from carbongeo.parallel import run_tasks, worker_count
 from carbongeo.store.checkpoint import Checkpoint, load_checkpoint
 from carbongeo.store.layout import missing_input
 from carbongeo.store.predictions import file_sha256, open_prediction_pair, prediction_done
@@ -483,7 +485,7 @@ def input_years(index: TileIndex, year: int, temporal: int) -> tuple[int, ...]:
     """The ``temporal`` input years centred on ``year``, ends replicating the nearest tiled year.
 
     Raises:
-        CarbongeoError: ``year`` is not tiled.
+        MissingRunFileError: ``year`` is not tiled.
     """
     index.require_year(year)
     tiled = sorted(int(y) for y in index.years)
@@ -633,29 +635,33 @@ def mosaic_years(
         device: ``auto``, ``cpu`` or ``cuda``.
         overwrite: Recompute years whose outputs exist.
         progress: Show progress bars on stderr.
-        scheduler: Address of a dask.distributed scheduler; each year becomes one task.
-        workers: Without ``scheduler``, start a local dask cluster of this many worker processes.
+        scheduler: Where to run one task per year, as in :func:`carbongeo.parallel.run_tasks`
+            (a scheduler address, ``"distributed"`` or a local scheduler name); default: in this
+            process with the model loaded once, unless ``workers`` is given.
+        workers: Without ``scheduler``, start a local dask cluster of this many worker
+            processes; 0: one per CPU.
 
     Returns:
         One result per year, in the order of ``years``.
 
     Raises:
-        CarbongeoError: The tiles are missing (run ``carbongeo tile``), the checkpoint is missing
-            or does not fit the tiles (:class:`~carbongeo.errors.CheckpointError`), or an output
-            cannot be written.
+        ParameterError: ``batch_size``, ``overlap``, ``workers`` or ``device`` is invalid.
+        InputDataError: The tiles are missing (run ``carbongeo tile``).
+        CheckpointError: The checkpoint is missing or does not fit the tiles.
+        OutputError: An output cannot be written.
+        ClusterError: The dask scheduler cannot be reached or the cluster failed.
     """
     checkpoint = Path(checkpoint) if checkpoint is not None else config.layout.best_checkpoint
     overlap = config.mosaic.overlap if overlap is None else overlap
     batch_size = config.mosaic.batch_size if batch_size is None else batch_size
     if batch_size < 1:
-        raise CarbongeoError(f"--batch-size: must be >= 1, got {batch_size}")
-    if workers is not None and workers < 1:
-        raise CarbongeoError(f"--workers: must be >= 1, got {workers}")
+        raise ParameterError(f"must be >= 1, got {batch_size}", param="batch_size")
+    worker_count(workers)  # a bad count fails before any work
     resolve_device(device)  # fail before any work on a bad device
     index = load_index(config.tiles_dir)
     grid = index.grid
     if not 0 <= overlap < grid.tile_size:
-        raise CarbongeoError(f"--overlap: must be in [0, {grid.tile_size}), got {overlap}")
+        raise ParameterError(f"must be in [0, {grid.tile_size}), got {overlap}", param="overlap")
 
     results: dict[int, MosaicResult] = {}
     todo: list[int] = []
@@ -663,7 +669,7 @@ def mosaic_years(
     for year in dict.fromkeys(int(y) for y in years):
         if prediction_done(layout, year) and not overwrite:
             tif_path, npy_path = layout.prediction_tif(year), layout.prediction_npy(year)
-            log.info("year %d: %s exists, skipped (use --overwrite to recompute)", year, tif_path)
+            log.info("year %d: %s exists, skipped (overwrite to recompute)", year, tif_path)
             results[year] = MosaicResult(year, tif_path, npy_path, skipped=True)
         else:
             todo.append(year)
@@ -680,43 +686,17 @@ def mosaic_years(
             for year in todo
         ]
         if scheduler is not None or workers is not None:
-            for result in _run_distributed(jobs, scheduler, workers, progress):
+            tasks = [dask.delayed(_year_task, pure=False)(job) for job in jobs]
+            for result in run_tasks(
+                tasks,
+                scheduler=scheduler,
+                workers=workers,
+                progress=progress,
+                desc="mosaic years",
+                unit="year",
+            ):
                 results[result.year] = result
         else:
             for job in jobs:
                 results[job.year] = _run_year(job, index, model, norm, state, progress=progress)
     return [results[int(y)] for y in dict.fromkeys(int(y) for y in years)]
-
-
-def _run_distributed(
-    jobs: Sequence[_Job], scheduler: str | None, workers: int | None, progress: bool
-) -> list[MosaicResult]:
-    """Run one task per year on a dask.distributed cluster; outputs match a local run."""
-    from dask.distributed import Client, LocalCluster, as_completed
-
-    cluster = None
-    if scheduler is not None:
-        client = Client(scheduler)
-    else:
-        cluster = LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
-        )
-        client = Client(cluster)
-    try:
-        futures = [client.submit(_year_task, job, pure=False) for job in jobs]
-        results = []
-        with tqdm(
-            total=len(futures),
-            desc="mosaic years",
-            unit="year",
-            file=sys.stderr,
-            disable=not progress,
-        ) as bar:
-            for future in as_completed(futures):
-                results.append(future.result())
-                bar.update(1)
-        return results
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()

@@ -23,7 +23,7 @@ from matplotlib.ticker import MaxNLocator
 from mpl_toolkits.axes_grid1 import make_axes_locatable
 
 from carbongeo.config import PipelineConfig
-from carbongeo.errors import CarbongeoError
+from carbongeo.errors import CarbongeoError, MissingRunFileError, ParameterError, RunFileError
 from carbongeo.ops.blocks import upsample_blocks
 from carbongeo.stages.evaluate import proxy_bands, tile_baselines
 from carbongeo.store.predictions import require_prediction
@@ -141,16 +141,17 @@ def preview(
         ``[preview_<year>.png, scene_<year>.png]``.
 
     Raises:
-        CarbongeoError: Missing tiles or prediction (naming the command to run).
+        ParameterError: ``n_tiles`` is below 1.
+        MissingRunFileError: Missing tiles or prediction (naming the command to run).
     """
     if n_tiles < 1:
-        raise CarbongeoError(f"n_tiles must be >= 1, got {n_tiles}")
+        raise ParameterError(f"must be >= 1, got {n_tiles}", param="n_tiles")
     folder = Path(out) if out is not None else config.reports_dir
     store = TileStore(config)
     require_prediction(config.layout, year)
     tile_ids = select_tiles(store, year, _sample_tiles(config, store), n_tiles)
     if not tile_ids:
-        raise CarbongeoError(f"{config.tiles_dir} holds no tiles; run: carbongeo tile")
+        raise MissingRunFileError(f"{config.tiles_dir} holds no tiles; run: carbongeo tile")
     baseline = best_baseline(config, store)
     tiles = [store.load(year, tile_id) for tile_id in tile_ids]
     panel = _write_panel(store, tiles, baseline, year, _units(config), folder)
@@ -256,7 +257,7 @@ def scene_map(
             data = src.read(1, out_shape=shape, masked=True, resampling=Resampling.average)
             bounds, crs = src.bounds, src.crs
     except rasterio.errors.RasterioIOError as err:
-        raise CarbongeoError(f"{path}: cannot read the prediction ({err})") from err
+        raise RunFileError(f"{path}: cannot read the prediction ({err})") from err
     values = np.ma.filled(data.astype(np.float64), np.nan)
     units = _units(config)
     norm = _log_norm(values)

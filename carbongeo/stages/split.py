@@ -14,11 +14,11 @@ from collections import Counter
 from typing import Any
 
 from carbongeo.config import PipelineConfig, SplitConfig
-from carbongeo.errors import CarbongeoError
 from carbongeo.store.split import TileSplit, write_split
 from carbongeo.store.tiles import load_index
 
 __all__ = ["TileSplit", "make_split", "split_tiles"]
+from carbongeo.errors import ConfigError
 
 
 def make_split(tiles: list[dict[str, Any]], params: SplitConfig) -> TileSplit:
@@ -112,7 +112,7 @@ def split_tiles(config: PipelineConfig) -> TileSplit:
         )
     result = make_split(records, config.split)
     if not result.train:
-        raise CarbongeoError(
+        raise ConfigError(
             "split: no tile is left for training; lower split.min_valid_fraction or "
             "split.buffer_tiles, or tile a larger area"
         )

@@ -15,14 +15,12 @@ output.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
 import shutil
-import sys
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,11 +28,9 @@ from typing import Any
 import dask
 import numpy as np
 import rasterio
-from dask.callbacks import Callback
 from rasterio.crs import CRS
 from rasterio.env import get_gdal_config, set_gdal_config
 from rasterio.errors import CRSError
-from tqdm import tqdm
 
 from carbongeo.config import PipelineConfig, SourceConfig
 from carbongeo.errors import ConfigError, GridError, InputDataError, OutputError
@@ -49,6 +45,7 @@ from carbongeo.io.sources import (
     source_total,
     validate_source,
 )
+from carbongeo.parallel import run_tasks, worker_count
 from carbongeo.store.layout import CubeKind, TilesLayout
 from carbongeo.store.tiles import (
     TileIndex,
@@ -109,7 +106,7 @@ def build_grid(config: PipelineConfig) -> Grid:
             f"target.path: no target file found for any year (first: "
             f"{config.target.path_for(year)}); the default grid is the target raster's grid"
         )
-    source = RasterSource.from_config(config.target, year, key="target.path")
+    source = _raster_source(config, config.target, year)
     meta = describe_source(source)
     try:
         return Grid(meta.crs, meta.transform, meta.height, meta.width, gc.tile_size, gc.scale)
@@ -320,13 +317,16 @@ def _total_task(source: RasterSource, info: SourceInfo, bounds: Bounds) -> float
 
 
 # --------------------------------------------------------------------------- planning
-def _source_key(config: PipelineConfig, src: SourceConfig) -> str:
-    if src is config.target:
-        return "target.path"
-    if src is config.coarse:
-        return "coarse.path"
-    index = config.aux.index(src)
-    return f"aux[{index}] ({src.name})"
+def _raster_source(config: PipelineConfig, src: SourceConfig, year: int) -> RasterSource:
+    """The raster of ``year`` described by a config entry, labelled with its config key."""
+    return RasterSource(
+        name=src.name,
+        path=str(src.path_for(year)),
+        kind=src.kind,
+        band=src.band,
+        nodata=src.nodata,
+        key=config.source_key(src),
+    )
 
 
 def _plan_years(config: PipelineConfig, grid: Grid, years: Sequence[int]) -> list[_YearPlan]:
@@ -335,7 +335,7 @@ def _plan_years(config: PipelineConfig, grid: Grid, years: Sequence[int]) -> lis
     cache: dict[tuple[RasterSource, bool], SourceInfo] = {}
 
     def band(src: SourceConfig, year: int, *, coarse: bool = False) -> _Band:
-        source = RasterSource.from_config(src, year, key=_source_key(config, src))
+        source = _raster_source(config, src, year)
         if (source, coarse) not in cache:
             cache[(source, coarse)] = validate_source(source, coarse_grid if coarse else grid)
         return _Band(source, cache[(source, coarse)], src.transform)
@@ -401,85 +401,6 @@ def _check_free_space(tiles_dir: Path, needed: int) -> None:
         )
 
 
-# --------------------------------------------------------------------------- execution
-class _DaskProgress(Callback):
-    """Advance a tqdm bar when a carbongeo task finishes under a local dask scheduler."""
-
-    def __init__(self, bar: tqdm, prefix: str) -> None:
-        super().__init__()
-        self._bar = bar
-        self._prefix = prefix
-
-    def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
-        if isinstance(key, str) and key.startswith(self._prefix):
-            self._bar.update(1)
-
-
-_LOCAL_SCHEDULERS = ("threads", "synchronous", "sync", "single-threaded", "processes")
-
-
-def _compute(
-    tasks: list[Any], *, scheduler: str | None, workers: int | None, bar: tqdm, prefix: str
-) -> list[Any]:
-    """Run delayed tasks; results in task order.
-
-    ``scheduler`` None with ``workers`` None: dask's threaded scheduler on every CPU. A local
-    scheduler name (``threads``, ``synchronous``, ``processes``) runs there with ``workers``
-    threads/processes. ``distributed``, or None with ``workers`` given: a local
-    ``dask.distributed`` cluster of ``workers`` single-threaded processes. Anything else is the
-    address of a running scheduler.
-    """
-    if scheduler in _LOCAL_SCHEDULERS or (scheduler is None and workers is None):
-        with _DaskProgress(bar, prefix):
-            return list(dask.compute(*tasks, scheduler=scheduler or "threads", num_workers=workers))
-    from distributed import Client, LocalCluster, as_completed
-
-    with _quiet_distributed():
-        cluster = None
-        if scheduler is None or scheduler == "distributed":
-            cluster = LocalCluster(
-                n_workers=workers or os.cpu_count() or 1,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=None,
-            )
-            client = Client(cluster)
-        else:
-            try:
-                client = Client(scheduler, timeout=30)
-            except OSError as err:
-                raise ConfigError(
-                    f"--scheduler: cannot connect to the dask scheduler at {scheduler!r} ({err})"
-                ) from err
-        try:
-            futures = client.compute(tasks)
-            try:
-                for future in as_completed(futures):
-                    if future.status == "error":
-                        future.result()  # raises the task's exception
-                    bar.update(1)
-            except BaseException:
-                client.cancel(futures)
-                raise
-            return client.gather(futures)
-        finally:
-            client.close()
-            if cluster is not None:
-                cluster.close()
-
-
-@contextlib.contextmanager
-def _quiet_distributed() -> Iterator[None]:
-    """Keep dask.distributed's INFO chatter (workers starting, ...) out of the user's log."""
-    logger = logging.getLogger("distributed")
-    level = logger.level
-    logger.setLevel(max(level, logging.WARNING))
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 def tile_years(
     config: PipelineConfig,
     years: Sequence[int],
@@ -503,7 +424,7 @@ def tile_years(
             or a local dask scheduler name (``"threads"``, ``"synchronous"`` for debugging,
             ``"processes"``). Default: threads, or a local cluster when ``workers`` is given.
         workers: Processes of the local cluster (threads/processes of a local scheduler);
-            default: the number of CPUs.
+            None or 0: one per CPU. The rules are those of :func:`carbongeo.parallel.run_tasks`.
         block_tiles: Side of a block in tiles (default: about 1024 pixels); memory per task is
             about ``(block_tiles * tile_size) ** 2 * 4`` bytes per band.
 
@@ -516,10 +437,13 @@ def tile_years(
         InputDataError: A source is corrupt, has no CRS, lacks the band or misses the grid; or
             a year's target has no valid pixel on the grid or negative emissions.
         OutputError: The cubes cannot be written.
+        ParameterError: ``workers`` is negative.
+        ClusterError: The dask scheduler cannot be reached or the cluster failed.
     """
     years = sorted({int(y) for y in years})
     if not years:
         raise ConfigError("years: nothing to tile; give at least one year")
+    worker_count(workers)  # a bad count fails before anything is written
     config.check_files(years)
     grid = build_grid(config)
     plans = _plan_years(config, grid, years)
@@ -557,16 +481,14 @@ def tile_years(
                 key = f"{prefix}block-{group_years[0].plan.year}-{block.r0}-{block.c0}"
                 tasks.append(dask.delayed(_run_block, pure=False)(job, dask_key_name=key))
         totals_tasks, total_keys = _total_tasks(plans, grid, prefix)
-        bar = tqdm(
-            total=len(tasks) + len(totals_tasks),
-            desc="tile",
-            unit="block",
-            file=sys.stderr,
-            disable=not progress,
-        )
-        with bar, rasterio.Env(GDAL_CACHEMAX=_GDAL_CACHE_MB):
-            results = _compute(
-                tasks + totals_tasks, scheduler=scheduler, workers=workers, bar=bar, prefix=prefix
+        with rasterio.Env(GDAL_CACHEMAX=_GDAL_CACHE_MB):
+            results = run_tasks(
+                tasks + totals_tasks,
+                scheduler=scheduler,
+                workers=workers,
+                progress=progress,
+                desc="tile",
+                unit="block",
             )
         block_results = [r for task_results in results[: len(tasks)] for r in task_results]
         source_totals = dict(zip(total_keys, results[len(tasks) :], strict=True))
@@ -631,7 +553,7 @@ def _year_groups(
     A task aligns a static source once for all its years, so years are grouped as much as the
     parallelism allows: all in one group when there are enough blocks to keep every worker busy.
     """
-    parallel = workers or os.cpu_count() or 1
+    parallel = worker_count(workers)
     n_groups = min(len(outputs), max(1, math.ceil(2 * parallel / n_blocks)))
     size = math.ceil(len(outputs) / n_groups)
     return [tuple(outputs[i : i + size]) for i in range(0, len(outputs), size)]

@@ -36,7 +36,9 @@ import torch
 
 from carbongeo.config import PipelineConfig
 from carbongeo.device import resolve_device
-from carbongeo.errors import CarbongeoError
+from carbongeo.errors import (
+    ParameterError,
+)
 from carbongeo.store.checkpoint import TrainedSplit
 from carbongeo.store.split import load_split
 from carbongeo.store.tiles import load_index
@@ -101,15 +103,20 @@ def train(
         The paths written and the best validation MAE.
 
     Raises:
-        CarbongeoError: Missing tiles or split, inconsistent tiles, an unavailable device.
-        CheckpointError: ``latest.pt`` belongs to another data or model configuration.
+        ParameterError: ``epochs``, ``max_steps_per_epoch`` or ``device`` is invalid
+            (:class:`~carbongeo.errors.DeviceUnavailableError`: no CUDA GPU).
+        RunFileError: Missing tiles or split, or tiles made with other settings.
+        ResumeMismatchError: ``latest.pt`` belongs to another data or model configuration
+            or split (a :class:`~carbongeo.errors.CheckpointError`).
     """
     total_epochs = config.train.epochs if epochs is None else epochs
     if total_epochs < 1:
-        raise CarbongeoError(f"--epochs: must be >= 1, got {total_epochs}")
+        raise ParameterError(f"must be >= 1, got {total_epochs}", param="epochs")
     if max_steps_per_epoch is not None and max_steps_per_epoch < 1:
-        raise CarbongeoError(f"max_steps_per_epoch must be >= 1, got {max_steps_per_epoch}")
-    dev = resolve_device(device or config.train.device)
+        raise ParameterError(
+            f"must be >= 1, got {max_steps_per_epoch}", param="max_steps_per_epoch"
+        )
+    dev = resolve_device(device or config.train.device, "device" if device else "train.device")
     ctx = init_distributed(dev)
     try:
         dev = process_device(dev, ctx)
@@ -152,7 +159,7 @@ def _train(
         max_steps_per_epoch=max_steps_per_epoch,
     )
     if resumed is not None:
-        restore(parts, resumed, f"delete {files.latest} or use --no-resume")
+        restore(parts, resumed, f"delete {files.latest} or train without resuming")
     wrap(parts, config.train, ctx, device)
     trainer = Trainer(
         config,

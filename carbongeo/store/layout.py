@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from carbongeo.errors import CarbongeoError, InputDataError
+from carbongeo.errors import CarbongeoError, MissingRunFileError
 
 __all__ = ["CUBE_KINDS", "CubeKind", "RunLayout", "TilesLayout", "missing_input"]
 
@@ -33,7 +33,7 @@ CUBE_KINDS: tuple[CubeKind, ...] = ("X", "Y", "C")
 
 
 def missing_input(
-    path: Path, command: str, error: type[CarbongeoError] = InputDataError
+    path: Path, command: str, error: type[CarbongeoError] = MissingRunFileError
 ) -> CarbongeoError:
     """The error for a run file that is not there: its path and the command that makes it.
 

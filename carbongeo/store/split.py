@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from carbongeo.errors import CarbongeoError, InputDataError
+from carbongeo.errors import InputDataError, ParameterError
 from carbongeo.io.atomic import write_json_atomic
 from carbongeo.store.layout import TilesLayout, missing_input
 
@@ -37,7 +37,7 @@ class TileSplit:
     def ids(self, subset: str) -> list[int]:
         """The tile ids of ``train``, ``val`` or ``test``."""
         if subset not in SUBSETS:
-            raise CarbongeoError(f"unknown split subset {subset!r}; use train, val or test")
+            raise ParameterError(f"{subset!r} is not one of train, val, test", param="subset")
         return list(getattr(self, subset))
 
     def to_dict(self) -> dict[str, Any]:

@@ -21,7 +21,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from carbongeo.errors import CarbongeoError
+from carbongeo.errors import (
+    CheckpointError,
+    ParameterError,
+)
 from carbongeo.ops.blocks import block_sum
 from carbongeo.ops.domain import aux_domain
 from carbongeo.store.tiles import check_cubes, load_index, open_aux_target
@@ -37,7 +40,7 @@ def window_years(year: int, temporal: int, first: int, last: int) -> list[int]:
     ``temporal`` entries and its centre is ``year``.
     """
     if temporal < 1 or temporal % 2 == 0:
-        raise CarbongeoError(f"the temporal window must be an odd number of years, got {temporal}")
+        raise ParameterError(f"must be an odd number of years, got {temporal}", param="temporal")
     radius = temporal // 2
     return [min(max(year + k, first), last) for k in range(-radius, radius + 1)]
 
@@ -71,8 +74,9 @@ class CubeDataset(Dataset[dict[str, Any]]):
             the first and last of ``years``.
 
     Raises:
-        CarbongeoError: If the index is missing, a tile id is unknown, the cubes of a needed year
-            are missing, or the aux bands differ from the normalisation.
+        InputDataError: If the index is missing or a tile id is unknown.
+        MissingRunFileError: If the cubes of a needed year are missing.
+        CheckpointError: If the aux bands differ from the normalisation.
     """
 
     def __init__(
@@ -95,7 +99,7 @@ class CubeDataset(Dataset[dict[str, Any]]):
         self.seed = seed
         self.scale = self.index.scale
         if len(self.index.bands) != norm.n_bands:
-            raise CarbongeoError(
+            raise CheckpointError(
                 f"the tiles have {len(self.index.bands)} aux bands but the normalisation has "
                 f"{norm.n_bands}; they come from different configurations"
             )

@@ -23,7 +23,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from carbongeo.errors import CarbongeoError
+from carbongeo.errors import (
+    CheckpointError,
+    InputDataError,
+    RunFileError,
+)
 from carbongeo.store.tiles import load_index, open_aux_target
 
 HOTSPOT_QUANTILE = 0.99
@@ -58,14 +62,14 @@ class Normalization:
 
     def __post_init__(self) -> None:
         if len(self.aux_mean) != len(self.aux_std):
-            raise CarbongeoError(
+            raise CheckpointError(
                 f"normalisation has {len(self.aux_mean)} aux means but {len(self.aux_std)} stds"
             )
         values = [*self.aux_mean, *self.aux_std, self.value_scale]
         if not all(math.isfinite(v) for v in values) or min(self.aux_std, default=1.0) <= 0:
-            raise CarbongeoError("normalisation statistics must be finite with positive stds")
+            raise CheckpointError("normalisation statistics must be finite with positive stds")
         if self.value_scale <= 0:
-            raise CarbongeoError(f"normalisation value_scale must be > 0, got {self.value_scale}")
+            raise CheckpointError(f"normalisation value_scale must be > 0, got {self.value_scale}")
 
     @property
     def n_bands(self) -> int:
@@ -87,7 +91,7 @@ class Normalization:
         """Inverse of :meth:`to_dict`.
 
         Raises:
-            CarbongeoError: If a key is missing or a value is not a number.
+            CheckpointError: If a key is missing or a value is not a number.
         """
         try:
             return cls(
@@ -98,7 +102,7 @@ class Normalization:
                 hotspot_threshold=float(data["hotspot_threshold"]),
             )
         except (KeyError, TypeError, ValueError) as err:
-            raise CarbongeoError(f"invalid normalisation statistics: {err!r}") from err
+            raise CheckpointError(f"invalid normalisation statistics: {err!r}") from err
 
     def normalize_aux(self, x: ArrayT, channel_axis: int = 0) -> ArrayT:
         """Standardise aux bands and replace nodata (NaN, inf) by 0, the band mean.
@@ -113,11 +117,11 @@ class Normalization:
             float32) for tensors, with every non-finite value set to 0.
 
         Raises:
-            CarbongeoError: If the number of bands differs from the statistics.
+            CheckpointError: If the number of bands differs from the statistics.
         """
         axis = channel_axis % x.ndim
         if x.shape[axis] != self.n_bands:
-            raise CarbongeoError(
+            raise CheckpointError(
                 f"aux has {x.shape[axis]} bands but the normalisation has {self.n_bands}; "
                 "the tiles and the checkpoint come from different configurations"
             )
@@ -215,15 +219,17 @@ def compute_normalization(
         The statistics.
 
     Raises:
-        CarbongeoError: If the index or a cube is missing, a tile id is unknown, the bands are
-            inconsistent between years, or the train tiles hold no positive target pixel.
+        InputDataError: If the index is missing, a tile id is unknown or the train tiles hold
+            no positive target pixel.
+        RunFileError: If the split is empty, a cube is missing
+            (:class:`~carbongeo.errors.MissingRunFileError`) or its bands differ from the index.
     """
     tiles_dir = Path(tiles_dir)
     years = list(years)
     index = load_index(tiles_dir)
     rows = sorted({index.position(int(tile_id)) for tile_id in tile_ids})
     if not rows or not years:
-        raise CarbongeoError("the train split is empty; rerun 'carbongeo split' and check it")
+        raise RunFileError("the train split is empty; rerun 'carbongeo split' and check it")
     sample = _BottomKSample(sample_size, seed)
     positive_sum = 0.0
     positive_count = 0
@@ -239,7 +245,7 @@ def compute_normalization(
             positive_count += positive.size
             sample.update(positive)
     if positive_count == 0:
-        raise CarbongeoError(
+        raise InputDataError(
             f"the train tiles hold no positive target pixel in years {years[0]}-{years[-1]}; "
             "check target.path and target.nodata, or the split"
         )

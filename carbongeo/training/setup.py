@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 
 from carbongeo.config import PipelineConfig, TrainConfig
-from carbongeo.errors import CarbongeoError, CheckpointError
+from carbongeo.errors import CheckpointError, ConfigError, RunFileError
 from carbongeo.models.losses import HybridLoss
 from carbongeo.models.network import DSTCarbonFormer
 from carbongeo.store.checkpoint import (
@@ -147,12 +147,12 @@ def lr_factor(steps_per_epoch: int, warmup_epochs: int, epochs: int) -> Callable
 def check_tiles(index: TileIndex, config: PipelineConfig) -> None:
     """Check that the tiles were cut for this pipeline (bands, scale, tile size)."""
     if list(index.bands) != config.aux_names:
-        raise CarbongeoError(
+        raise RunFileError(
             f"the tiles have aux bands {list(index.bands)} but the config lists "
             f"{config.aux_names}; rerun: carbongeo tile"
         )
     if (index.scale, index.tile_size) != (config.grid.scale, config.grid.tile_size):
-        raise CarbongeoError(
+        raise RunFileError(
             f"the tiles were cut with scale {index.scale} and tile size {index.tile_size} but the "
             f"config has {config.grid.scale} and {config.grid.tile_size}; rerun: carbongeo tile"
         )
@@ -162,9 +162,11 @@ def training_years(config: PipelineConfig, split: TileSplit) -> list[int]:
     """The years trained on (all but the held-out one), after checking the split can train."""
     years = [y for y in config.years if y != split.holdout_year]
     if not split.train:
-        raise CarbongeoError("the split has no train tiles; rerun: carbongeo split")
+        raise RunFileError("the split has no train tiles; rerun: carbongeo split")
     if not years:
-        raise CarbongeoError("no training year is left after the held-out year")
+        raise ConfigError(
+            "no training year is left after the held-out year", param="split.holdout_year"
+        )
     return years
 
 

@@ -198,12 +198,12 @@ def rewrite_raster(path: Path, change: Callable[[np.ndarray], Any], **profile: A
 # --------------------------------------------------------------------------- representative cases
 def _missing(site: Path) -> tuple[str, ...]:
     (site / "aux" / "ntl_2015.tif").unlink()
-    return "aux 'ntl' path", "ntl_2015.tif", "not found"
+    return "aux[0].path (ntl)", "ntl_2015.tif", "not found"
 
 
 def _corrupt(site: Path) -> tuple[str, ...]:
     (site / "aux" / "ntl_2015.tif").write_bytes(np.random.default_rng(0).bytes(5000))
-    return "aux[0] (ntl)", "ntl_2015.tif", "cannot open as a raster"
+    return "aux[0].path (ntl)", "ntl_2015.tif", "cannot open as a raster"
 
 
 def _no_crs(site: Path) -> tuple[str, ...]:
@@ -288,7 +288,7 @@ SOURCE_CASES: dict[str, tuple[str, Callable[[Path], None], tuple[str, ...]]] = {
     "empty-aux": (
         "aux/roads.tif",
         lambda p: p.write_bytes(b""),
-        ("aux[1] (roads)", "roads.tif", "cannot open as a raster"),
+        ("aux[1].path (roads)", "roads.tif", "cannot open as a raster"),
     ),
     "empty-target": (
         "emissions/co2_2014.tif",
@@ -298,7 +298,7 @@ SOURCE_CASES: dict[str, tuple[str, Callable[[Path], None], tuple[str, ...]]] = {
     "damaged-blocks": (
         "aux/population_2015.tif",
         _damage_pixels,
-        ("aux[4] (population)", "population_2015.tif", "read failed"),
+        ("aux[4].path (population)", "population_2015.tif", "read failed"),
     ),
     "no-overlap": (
         "aux/roads.tif",

@@ -10,7 +10,7 @@ import pytest
 from affine import Affine
 
 from carbongeo.config import PipelineConfig, parse_config
-from carbongeo.errors import CarbongeoError
+from carbongeo.errors import CarbongeoError, ParameterError
 from carbongeo.evaluation.report import EvaluationReport
 from carbongeo.grid import Grid
 from carbongeo.ops.blocks import block_sum
@@ -184,5 +184,6 @@ def test_missing_split_says_to_run_split(tmp_path: Path) -> None:
 
 def test_unknown_split_is_an_error(tmp_path: Path) -> None:
     config = make_run(tmp_path)
-    with pytest.raises(CarbongeoError, match="--split"):
+    with pytest.raises(ParameterError, match="split: 'holdout' is not one of") as info:
         evaluate(config, split="holdout", progress=False)
+    assert info.value.param == "split"

@@ -18,7 +18,7 @@ from _cubes import YEARS, make_world, write_split
 import carbongeo.stages.train as train_module
 import carbongeo.training.loop as loop_module
 from carbongeo.config import PipelineConfig
-from carbongeo.errors import CarbongeoError, CheckpointError
+from carbongeo.errors import CheckpointError, DeviceUnavailableError
 from carbongeo.models.network import DSTCarbonFormer
 from carbongeo.stages.train import train
 from carbongeo.store.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -84,8 +84,13 @@ def test_cuda_without_gpu_is_a_user_error(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert train_module.resolve_device("auto") == torch.device("cpu")
     config = make_world(tmp_path)
-    with pytest.raises(CarbongeoError, match="--device cpu"):
+    with pytest.raises(DeviceUnavailableError, match="use 'cpu' or 'auto'") as info:
         train(config, device="cuda", progress=False)
+    assert info.value.param == "device"
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, device="cuda"))
+    with pytest.raises(DeviceUnavailableError) as info:
+        train(config, progress=False)
+    assert info.value.param == "train.device"  # the value came from the config
 
 
 # --------------------------------------------------------------------------- training
@@ -179,7 +184,7 @@ def test_latest_from_another_configuration_is_refused(tmp_path: Path) -> None:
     raw = dict(config.raw)
     raw["model"] = {"dim": 12, "depth": 1}
     other = dataclasses.replace(config, raw=raw)
-    with pytest.raises(CheckpointError, match="--no-resume"):
+    with pytest.raises(CheckpointError, match="without resuming"):
         train(other, progress=False)
     split = load_split(config.tiles_dir)
     write_split(config.tiles_dir, split.train[1:], [*split.val, split.train[0]])
@@ -201,7 +206,7 @@ def test_checkpoint_of_an_older_model_version_is_one_clear_error(tmp_path: Path)
     weights = {k: v for k, v in state.weights.items() if k != "aux_prior.weight"}
     state = dataclasses.replace(state, weights=weights)
     save_checkpoint(result.latest_path, state)
-    with pytest.raises(CheckpointError, match="aux_prior.weight.*--no-resume") as info:
+    with pytest.raises(CheckpointError, match="aux_prior.weight.*without resuming") as info:
         train(config, epochs=2, progress=False)
     assert "\n" not in str(info.value)
     with pytest.raises(CheckpointError, match="another version of the model") as info:

@@ -18,7 +18,7 @@ def test_split_round_trip(tmp_path: Path) -> None:
     assert json.loads(path.read_text())["version"] == 1
     assert load_split(tmp_path) == split
     assert split.ids("val") == [3]
-    with pytest.raises(CarbongeoError, match="unknown split subset 'all'"):
+    with pytest.raises(CarbongeoError, match="subset: 'all' is not one of train, val, test"):
         split.ids("all")
 
 
