@@ -62,25 +62,7 @@ def run_bench(
     validate(settings)
     say = echo or (lambda message: None)
     start = time.perf_counter()
-    machine: dict[str, Any] = {
-        "cpus": os.cpu_count(),
-        "load_average_start": [round(x, 2) for x in os.getloadavg()],
-        "python": platform.python_version(),
-        "platform": platform.platform(terse=True),
-        "carbongeo": __version__,
-    }
-    if settings.device == "cpu":  # no need to start torch to know
-        machine.update(
-            torch=metadata.version("torch"), device="cpu", device_name="cpu", torch_threads=None
-        )
-    else:
-        info = run_worker(w.INFO, w.InfoParams(settings.device, settings.threads)).result
-        machine.update(
-            torch=info.torch,
-            device=info.device,
-            device_name=info.device_name,
-            torch_threads=info.torch_threads,
-        )
+    machine = _machine(settings)
     say(
         f"bench: {machine['cpus']} CPUs, torch {machine['torch']}, device {machine['device']}, "
         f"load average {machine['load_average_start'][0]:.2f}"
@@ -107,6 +89,30 @@ def run_bench(
     machine["psutil"] = has_psutil()
     results["seconds"] = round(time.perf_counter() - start, 1)
     return results
+
+
+def _machine(settings: BenchSettings) -> dict[str, Any]:
+    """CPUs, load, versions and the device the measurements will run on."""
+    machine: dict[str, Any] = {
+        "cpus": os.cpu_count(),
+        "load_average_start": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "platform": platform.platform(terse=True),
+        "carbongeo": __version__,
+    }
+    if settings.device == "cpu":  # no need to start torch to know
+        machine.update(
+            torch=metadata.version("torch"), device="cpu", device_name="cpu", torch_threads=None
+        )
+        return machine
+    info = run_worker(w.INFO, w.InfoParams(settings.device, settings.threads)).result
+    machine.update(
+        torch=info.torch,
+        device=info.device,
+        device_name=info.device_name,
+        torch_threads=info.torch_threads,
+    )
+    return machine
 
 
 def _round(value: float | None, digits: int = 3) -> float | None:
