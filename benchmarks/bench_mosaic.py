@@ -3,7 +3,8 @@
 A thin wrapper over :mod:`carbongeo.bench`. ``--predictor fast`` replaces the network by a cheap
 numpy stand-in (each coarse cell spread evenly), which measures the streaming machinery alone
 (reading, blending, mass re-projection, writing the COG and the ``.npy``) at sizes where the CPU
-model would take too long::
+model would take too long. Either is measured next to the same predictor alone over the same
+windows (no reading, blending or writing)::
 
     python benchmarks/bench_mosaic.py --sizes 2048 4096 --out bench-scenes
     python benchmarks/bench_mosaic.py --sizes 2048 8192 --predictor fast
@@ -15,11 +16,10 @@ For every stage at once, with the default settings, use ``carbongeo bench``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from carbongeo.bench import bench_settings, format_table, run_bench
+from carbongeo.bench import bench_settings, format_json, format_table, run_bench
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
         stages=("mosaic",),
     )
     results = run_bench(settings, out=args.out, echo=lambda line: print(line, file=sys.stderr))
-    print(json.dumps(results, indent=2) if args.json else format_table(results))
+    print(format_json(results) if args.json else format_table(results))
 
 
 if __name__ == "__main__":

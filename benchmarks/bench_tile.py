@@ -1,6 +1,8 @@
 """Benchmark ``carbongeo tile`` alone, with the dask knobs ``carbongeo bench`` does not expose.
 
-A thin wrapper over :mod:`carbongeo.bench` (scenes, measurement and table live there)::
+A thin wrapper over :mod:`carbongeo.bench` (scenes, measurement and table live there). Tile is
+measured next to a hand-written ``rasterio.warp.reproject`` of the same sources (with as many
+threads as tile's workers) and a raw read::
 
     python benchmarks/bench_tile.py --sizes 4096 16384 [--out DIR] [--workers N] [--scheduler S]
 
@@ -10,11 +12,10 @@ For every stage at once, with the default settings, use ``carbongeo bench``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from carbongeo.bench import bench_settings, format_table, run_bench
+from carbongeo.bench import bench_settings, format_json, format_table, run_bench
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
         stages=("tile",),
     )
     results = run_bench(settings, out=args.out, echo=lambda line: print(line, file=sys.stderr))
-    print(json.dumps(results, indent=2) if args.json else format_table(results))
+    print(format_json(results) if args.json else format_table(results))
 
 
 if __name__ == "__main__":

@@ -12,10 +12,9 @@ For every stage at once, with the default settings, use ``carbongeo bench``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from carbongeo.bench import bench_settings, format_table, run_bench
+from carbongeo.bench import bench_settings, format_json, format_table, run_bench
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
         stages=("train",),
     )
     results = run_bench(settings, echo=lambda line: print(line, file=sys.stderr))
-    print(json.dumps(results, indent=2) if args.json else format_table(results))
+    print(format_json(results) if args.json else format_table(results))
 
 
 if __name__ == "__main__":

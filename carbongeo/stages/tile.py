@@ -46,7 +46,7 @@ from carbongeo.io.sources import (
     validate_source,
 )
 from carbongeo.parallel import run_tasks, worker_count
-from carbongeo.store.layout import CubeKind, TilesLayout
+from carbongeo.store.layout import TilesLayout
 from carbongeo.store.tiles import (
     TileIndex,
     TileRecord,
@@ -65,17 +65,6 @@ _BLOCK_PIXELS = 1024
 # GDAL's block cache defaults to 5% of RAM and would grow with the scene; blocks are read about
 # once, so a small cache loses nothing and keeps memory flat (MB).
 _GDAL_CACHE_MB = 128
-
-
-# bench.py builds its scenes with these two; they go when it moves to the store's layout.
-def cube_path(tiles_dir: str | Path, kind: CubeKind, year: int) -> Path:
-    """Path of a year cube (see :meth:`carbongeo.store.layout.TilesLayout.cube`)."""
-    return TilesLayout(Path(tiles_dir)).cube(kind, year)
-
-
-def index_path(tiles_dir: str | Path) -> Path:
-    """Path of ``index.json`` (see :attr:`carbongeo.store.layout.TilesLayout.index`)."""
-    return TilesLayout(Path(tiles_dir)).index
 
 
 # --------------------------------------------------------------------------- the grid
@@ -106,7 +95,7 @@ def build_grid(config: PipelineConfig) -> Grid:
             f"target.path: no target file found for any year (first: "
             f"{config.target.path_for(year)}); the default grid is the target raster's grid"
         )
-    source = _raster_source(config, config.target, year)
+    source = raster_source(config, config.target, year)
     meta = describe_source(source)
     try:
         return Grid(meta.crs, meta.transform, meta.height, meta.width, gc.tile_size, gc.scale)
@@ -317,7 +306,7 @@ def _total_task(source: RasterSource, info: SourceInfo, bounds: Bounds) -> float
 
 
 # --------------------------------------------------------------------------- planning
-def _raster_source(config: PipelineConfig, src: SourceConfig, year: int) -> RasterSource:
+def raster_source(config: PipelineConfig, src: SourceConfig, year: int) -> RasterSource:
     """The raster of ``year`` described by a config entry, labelled with its config key."""
     return RasterSource(
         name=src.name,
@@ -335,7 +324,7 @@ def _plan_years(config: PipelineConfig, grid: Grid, years: Sequence[int]) -> lis
     cache: dict[tuple[RasterSource, bool], SourceInfo] = {}
 
     def band(src: SourceConfig, year: int, *, coarse: bool = False) -> _Band:
-        source = _raster_source(config, src, year)
+        source = raster_source(config, src, year)
         if (source, coarse) not in cache:
             cache[(source, coarse)] = validate_source(source, coarse_grid if coarse else grid)
         return _Band(source, cache[(source, coarse)], src.transform)

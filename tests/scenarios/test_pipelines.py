@@ -7,7 +7,7 @@ import tomllib
 from pathlib import Path
 
 from carbongeo.config import load_config, parse_config
-from carbongeo.synth import SIZES, _config_text
+from carbongeo.synth import SIZES, world_config_text
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_demo_pipeline_is_what_synth_writes_into_demo_world() -> None:
     shipped = load_config(REPO / "pipelines" / "demo.toml")
     spec = SIZES["small"]
-    text = _config_text(spec, list(range(spec.first_year, spec.last_year + 1)))
+    text = world_config_text(spec, list(range(spec.first_year, spec.last_year + 1)))
     written = parse_config(tomllib.loads(text), REPO / "demo" / "world")
     assert dataclasses.replace(written, path=shipped.path) == shipped
 
