@@ -30,3 +30,7 @@ class CheckpointError(CarbongeoError):
 
 class OutputError(CarbongeoError):
     """An output cannot be written (folder not writable, disk full)."""
+
+
+class UnitsError(CarbongeoError):
+    """Units cannot be read or converted (e.g. an emission unit without a mass)."""

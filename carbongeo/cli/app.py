@@ -63,6 +63,18 @@ def config_option(func: Callable) -> Callable:
     )(func)
 
 
+def units_option(what: str) -> Callable[[Callable], Callable]:
+    """The ``--units`` option of the commands that write emissions (mosaic, export)."""
+    return click.option(
+        "--units",
+        type=click.Choice(["per_cell", "per_km2", "flux"]),
+        default="per_cell",
+        show_default=True,
+        help=f"Units of the {what}: per_cell (the target's, e.g. t CO2 / cell / yr), per_km2 "
+        "(t CO2 / km2 / yr) or flux (kg CO2 m-2 s-1, mean over the calendar year).",
+    )
+
+
 def _load(config_path: Path, *, check_files: bool = False) -> Any:
     from carbongeo.config import load_config
 
@@ -243,6 +255,7 @@ def train_command(
 @click.option("--scheduler", default=None, help="dask.distributed scheduler address.")
 @click.option("--workers", type=int, default=None, help="Start a local dask cluster of N workers.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON record per year.")
+@units_option("COGs")
 @click.pass_context
 def mosaic_command(
     ctx: click.Context,
@@ -257,12 +270,14 @@ def mosaic_command(
     scheduler: str | None,
     workers: int | None,
     as_json: bool,
+    units: str,
 ) -> None:
     """Predict every year over overlapping windows into predictions/Pred_<year>.tif and .npy.
 
     Windows are blended with Hann weights (full weight at scene borders), each coarse cell of
     the output is re-projected to sum to the coarse input, and the GeoTIFF is a Cloud-Optimized
-    GeoTIFF on exactly the grid. Finished years are skipped unless --overwrite.
+    GeoTIFF on exactly the grid (in --units; the .npy stays per cell). Finished years are
+    skipped unless --overwrite. Ends by refreshing the STAC catalog predictions/catalog.json.
     """
     from carbongeo.config import select_years
     from carbongeo.stages.mosaic import mosaic_years
@@ -279,6 +294,7 @@ def mosaic_command(
         progress=_progress(ctx) and not as_json,
         scheduler=scheduler,
         workers=workers,
+        units=units,
     )
     for r in results:
         if as_json:
@@ -290,6 +306,74 @@ def mosaic_command(
                 f"{r.year}: {r.tif_path} ({r.megapixels_per_s:.2f} Mpx/s, worst coarse-cell "
                 f"mass error {r.worst_cell_rel_error:.1e})"
             )
+
+
+@main.command("export")
+@config_option
+@click.option("--years", default=None, help='A range "2014-2023" (default: every predicted year).')
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["netcdf", "zarr"]),
+    default="netcdf",
+    show_default=True,
+    help="netCDF-4 file or Zarr store (Zarr needs: pip install 'carbongeo[zarr]').",
+)
+@units_option("datacube")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Destination (default: <workdir>/exports/emissions_<years>_<units>.nc or .zarr).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON record.")
+@click.pass_context
+def export_command(
+    ctx: click.Context,
+    config_path: Path,
+    years: str | None,
+    fmt: str,
+    units: str,
+    out: Path | None,
+    as_json: bool,
+) -> None:
+    """Write every predicted year into one CF-1.8 datacube (netCDF or Zarr).
+
+    time with calendar-year bounds, projected x/y with bounds, 2-D lat/lon, a grid_mapping
+    variable, the emissions in --units with cell_methods, and cell_area (true m2 per pixel) so
+    totals survive any unit. Streamed chunk by chunk; written under a temporary name.
+    """
+    from carbongeo.config import select_years
+    from carbongeo.stages.export import export
+
+    config = _load(config_path)
+    chosen = list(select_years(config, None, years)) if years else None
+    result = export(
+        config,
+        chosen,
+        fmt=fmt,  # type: ignore[arg-type]
+        units=units,
+        out=out,
+        progress=_progress(ctx) and not as_json,
+    )
+    if as_json:
+        click.echo(json.dumps(result.to_dict()))
+    else:
+        click.echo(
+            f"{result.path}: {len(result.years)} year(s) in {result.units} ({result.seconds:.1f} s)"
+        )
+
+
+@main.command("catalog")
+@config_option
+def catalog_command(config_path: Path) -> None:
+    """Rebuild the STAC catalog predictions/catalog.json from the COGs on disk."""
+    from carbongeo.outputs.stac import write_catalog
+
+    path = write_catalog(_load(config_path))
+    if path is None:
+        raise CarbongeoError("no prediction COG yet; run: carbongeo mosaic")
+    click.echo(str(path))
 
 
 @main.command("evaluate")

@@ -42,6 +42,7 @@ from carbongeo.errors import CarbongeoError, CheckpointError
 from carbongeo.grid import Grid, Window
 from carbongeo.io.atomic import commit, output_error, remove_quietly, remove_stale_temps, temp_path
 from carbongeo.io.cog import COGWriter
+from carbongeo.outputs.units import cog_units
 from carbongeo.stages.tile import TileIndex, cube_path, load_index, read_window
 from carbongeo.store.checkpoint import check_compatible, load_checkpoint, model_from_checkpoint
 from carbongeo.training.data import window_years
@@ -548,9 +549,17 @@ class _NpyRows:
 
 @contextmanager
 def _prediction_outputs(
-    tif_path: Path, npy_path: Path, grid: Grid, tags: dict[str, str], units: str
+    tif_path: Path,
+    npy_path: Path,
+    grid: Grid,
+    tags: dict[str, str],
+    units: str,
+    to_cog: Callable[[np.ndarray], np.ndarray],
 ) -> Iterator[tuple[RowSink, COGWriter]]:
-    """Open ``Pred_<year>.tif`` and ``.npy`` for streaming; publish both only on success."""
+    """Open ``Pred_<year>.tif`` and ``.npy`` for streaming; publish both only on success.
+
+    The ``.npy`` gets the rows as they are (the target's units), the COG ``to_cog(rows)``.
+    """
     for path in (tif_path, npy_path):
         path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(tif_path.parent)
@@ -574,7 +583,7 @@ def _prediction_outputs(
         raise output_error(npy_path, err) from err
 
     def sink(rows: np.ndarray) -> None:
-        tif.write_rows(rows)
+        tif.write_rows(to_cog(rows))
         npy.write_rows(rows)
 
     published: list[Path] = []
@@ -683,6 +692,7 @@ class _Job:
     batch_size: int
     device: str
     threads: int
+    units: str = "per_cell"
 
 
 def _run_year(
@@ -703,6 +713,7 @@ def _run_year(
     reader = CubeReader(config.tiles_dir, grid, norm, years, index.has_coarse)
     predict = torch_predictor(model, resolve_device(job.device))
     units = index.target.get("units") or config.target.units
+    cog = cog_units(units, job.units, grid, job.year)
     tags = {
         "units": units,
         "year": str(job.year),
@@ -716,9 +727,11 @@ def _run_year(
         "overlap": str(job.overlap),
         "input_years": ",".join(str(y) for y in years),
         "TIFFTAG_SOFTWARE": f"carbongeo {__version__}",
+        **cog.tags,
     }
     tif_path, npy_path = prediction_paths(config, job.year)
-    with _prediction_outputs(tif_path, npy_path, grid, tags, units) as (sink, tif):
+    outputs = _prediction_outputs(tif_path, npy_path, grid, tags, cog.label, cog.convert)
+    with outputs as (sink, tif):
         stats = predict_scene(
             predict,
             reader,
@@ -791,6 +804,7 @@ def mosaic_years(
     progress: bool = True,
     scheduler: str | None = None,
     workers: int | None = None,
+    units: str = "per_cell",
 ) -> list[MosaicResult]:
     """Predict whole years from the tile cubes and write ``Pred_<year>.tif`` and ``.npy``.
 
@@ -810,6 +824,8 @@ def mosaic_years(
         progress: Show progress bars on stderr.
         scheduler: Address of a dask.distributed scheduler; each year becomes one task.
         workers: Without ``scheduler``, start a local dask cluster of this many worker processes.
+        units: Units of the COGs: ``per_cell`` (the target's, as the ``.npy``), ``per_km2`` or
+            ``flux`` (see :mod:`carbongeo.outputs.units`); recorded in the tags.
 
     Returns:
         One result per year, in the order of ``years``.
@@ -831,6 +847,8 @@ def mosaic_years(
     grid = index.grid
     if not 0 <= overlap < grid.tile_size:
         raise CarbongeoError(f"--overlap: must be in [0, {grid.tile_size}), got {overlap}")
+    for year in years:  # refuse units that cannot be converted before any work
+        cog_units(index.target.get("units") or config.target.units, units, grid, int(year))
 
     results: dict[int, MosaicResult] = {}
     todo: list[int] = []
@@ -853,7 +871,7 @@ def mosaic_years(
         model_id = file_sha256(checkpoint)[:16]
         threads = torch.get_num_threads()
         jobs = [
-            _Job(config, year, checkpoint, model_id, overlap, batch_size, device, threads)
+            _Job(config, year, checkpoint, model_id, overlap, batch_size, device, threads, units)
             for year in todo
         ]
         if scheduler is not None or workers is not None:
@@ -862,6 +880,9 @@ def mosaic_years(
         else:
             for job in jobs:
                 results[job.year] = _run_year(job, index, model, norm, state, progress=progress)
+    from carbongeo.outputs.stac import write_catalog  # local: the outputs package reads mosaic
+
+    write_catalog(config)
     return [results[int(y)] for y in dict.fromkeys(int(y) for y in years)]
 
 
