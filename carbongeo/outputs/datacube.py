@@ -155,7 +155,10 @@ def build_datacube(
         grid: The run's grid.
         units: The units of the ``emissions`` variable.
         chunk: Side in pixels of the chunks (computation and storage).
-        attrs: Global attributes added to the conventions, title and history.
+        attrs: Further global attributes, which win over the defaults: the conventions, title,
+            source, history, creation date and the provenance that the COGs record
+            (``model_id``, ``checkpoint``, ``config_hash``, ``training_data_hash``,
+            ``target_units``); ``carbongeo_version`` is the version writing the datacube.
 
     Raises:
         UnitsError: The predictions' units cannot be read.
@@ -233,14 +236,39 @@ def build_datacube(
         "x_bnds": (("x", "bnds"), x_bnds, {"units": coords["x"][2]["units"]}),
         "y_bnds": (("y", "bnds"), y_bnds, {"units": coords["y"][2]["units"]}),
     }
-    first, last = years[0], years[-1]
-    span = str(first) if first == last else f"{first}-{last}"
-    global_attrs = {
+    return xr.Dataset(
+        variables, coords=coords, attrs={**_global_attrs(predictions), **(attrs or {})}
+    )
+
+
+def _global_attrs(predictions: xr.DataArray) -> dict[str, str]:
+    from carbongeo import __version__
+
+    tags = predictions.attrs
+    years = [int(y) for y in predictions["year"].values]
+    span = str(years[0]) if len(years) == 1 else f"{years[0]}-{years[-1]}"
+    made_by = tags.get("carbongeo_version", __version__)
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
+    return {
         "Conventions": "CF-1.8",
         "title": f"Downscaled CO2 emissions {span}",
-        **(attrs or {}),
+        "source": (
+            f"carbongeo {made_by}: mass-conserving downscaling of a coarse emission product by "
+            f"the model {tags.get('model_id', 'unknown')}"
+        ),
+        "history": f"{now} written by carbongeo {__version__}",
+        "date_created": now,
+        "model_id": str(tags.get("model_id", "")),
+        "checkpoint": str(tags.get("checkpoint", "")),
+        "config_hash": str(tags.get("config_hash", "")),
+        "training_data_hash": str(tags.get("training_data_hash", "")),
+        "carbongeo_version": __version__,
+        "target_units": str(tags.get("target_units", "")),
+        "comment": (
+            "In per-cell units every coarse cell of the input sums to its coarse total; "
+            f"cell_area is the {AREA_METHOD}"
+        ),
     }
-    return xr.Dataset(variables, coords=coords, attrs=global_attrs)
 
 
 def _encoding(ds: xr.Dataset, fmt: Format, chunk: int) -> dict[str, dict[str, Any]]:

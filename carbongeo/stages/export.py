@@ -23,7 +23,6 @@ from carbongeo.errors import CarbongeoError
 from carbongeo.io.atomic import remove_stale_temps
 from carbongeo.outputs.arrays import CHUNK, open_predictions
 from carbongeo.outputs.datacube import (
-    AREA_METHOD,
     FORMATS,
     SUFFIXES,
     Format,
@@ -98,29 +97,12 @@ def export(
     chosen = [int(y) for y in predictions["year"].values]
     dst = target_units(units, predictions)
     span = str(chosen[0]) if len(chosen) == 1 else f"{chosen[0]}-{chosen[-1]}"
-    path = Path(out) if out is not None else files.exports_dir / f"emissions_{span}_{units}"
-    if out is None:
-        path = path.with_name(path.name + SUFFIXES[fmt])
+    name = f"emissions_{span}_{units}{SUFFIXES[fmt]}"
+    path = Path(out) if out is not None else files.exports_dir / name
     now = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
-    tags = predictions.attrs
     attrs = {
-        "source": (
-            f"carbongeo {tags.get('carbongeo_version', __version__)}: downscaled from a coarse "
-            f"emission product by the model {tags.get('model_id', 'unknown')}"
-        ),
         "history": f"{now} carbongeo {__version__} export --format {fmt} --units {units}",
-        "date_created": now,
-        "model_id": str(tags.get("model_id", "")),
-        "checkpoint": str(tags.get("checkpoint", "")),
-        "config_hash": str(tags.get("config_hash", files.index.config_hash)),
-        "training_data_hash": str(tags.get("training_data_hash", "")),
-        "carbongeo_version": __version__,
         "units_choice": units,
-        "target_units": str(tags.get("target_units", "")),
-        "comment": (
-            "Every coarse cell of the input sums to its coarse total in per-cell units; "
-            "cell_area is the " + AREA_METHOD
-        ),
     }
     ds = build_datacube(predictions, files.index.grid, dst, chunk=chunk, attrs=attrs)
     remove_stale_temps(path.parent)
