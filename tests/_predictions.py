@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from affine import Affine
+from conftest import write_pipeline
 from rasterio.crs import CRS
 
 from carbongeo import __version__
-from carbongeo.config import PipelineConfig, parse_config
+from carbongeo.config import PipelineConfig
 from carbongeo.grid import Grid
 from carbongeo.io.cog import write_cog
 from carbongeo.models.network import DSTCarbonFormer
@@ -36,16 +37,28 @@ MODEL_ID = "0123456789abcdef"
 
 
 def _config(root: Path, years: Sequence[int], units: str, tile: int, scale: int) -> PipelineConfig:
-    raw = {
-        "workdir": "run",
-        "years": list(years),
-        "grid": {"tile_size": tile, "scale": scale},
-        "target": {"path": "co2_{year}.tif", "units": units},
-        "aux": [{"name": "ntl", "path": "ntl_{year}.tif"}],
-        "model": {"dim": 8, "depth": 1},
-        "mosaic": {"overlap": 8, "batch_size": 4},
-    }
-    return parse_config(raw, root)
+    """Write ``root/carbongeo.toml`` (workdir ``run``, one aux band, a tiny model) and load it."""
+    return write_pipeline(
+        root,
+        f"""workdir = "run"
+years = {list(years)}
+[grid]
+tile_size = {tile}
+scale = {scale}
+[target]
+path = "co2_{{year}}.tif"
+units = "{units}"
+[[aux]]
+name = "ntl"
+path = "ntl_{{year}}.tif"
+[model]
+dim = 8
+depth = 1
+[mosaic]
+overlap = 8
+batch_size = 4
+""",
+    )
 
 
 def write_index(config: PipelineConfig, grid: Grid, units: str) -> None:

@@ -54,11 +54,7 @@ def test_predictions_carry_the_exact_grid_units_and_provenance(run: PipelineConf
 def test_predictions_open_from_a_pipeline_file_its_folder_or_the_workdir(
     run: PipelineConfig, tmp_path: Path
 ) -> None:
-    (run.path.parent / "carbongeo.toml").write_text(
-        'workdir = "run"\nyears = "2019-2020"\n[target]\npath = "co2_{year}.tif"\n'
-        'units = "t CO2 / cell / yr"\n[[aux]]\nname = "ntl"\npath = "ntl_{year}.tif"\n'
-    )
-    for source in (run.path.parent / "carbongeo.toml", run.path.parent, run.workdir):
+    for source in (run.path, run.path.parent, run.workdir):
         assert open_predictions(source, [2020]).shape == (1, 40, 56)
     assert carbongeo.open_predictions is open_predictions  # the package-level API
     with pytest.raises(CarbongeoError, match="neither a pipeline file nor a run's workdir"):
