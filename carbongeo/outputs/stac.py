@@ -37,12 +37,13 @@ from carbongeo.io.atomic import remove_quietly, write_json_atomic
 from carbongeo.outputs.files import run_files
 
 CATALOG_ID = "carbongeo-predictions"
+_GDAL_TAGS = {"TIFFTAG_SOFTWARE", "AREA_OR_POINT"}  # GDAL's own tags, not carbongeo's provenance
 _EDGE_POINTS = 21  # points per edge of the footprint, so curved edges in WGS 84 stay close
 
 
 def _footprint(crs: CRS, bounds: rasterio.coords.BoundingBox) -> dict[str, object]:
     left, bottom, right, top = bounds
-    t = np.linspace(0.0, 1.0, _EDGE_POINTS)
+    t = np.linspace(0.0, 1.0, _EDGE_POINTS, endpoint=False)  # each edge stops before a corner
     xs = np.concatenate([left + (right - left) * t, np.full_like(t, right)])
     ys = np.concatenate([np.full_like(t, top), top + (bottom - top) * t])
     xs = np.concatenate([xs, right + (left - right) * t, np.full_like(t, left)])
@@ -79,7 +80,7 @@ def build_item(year: int, tif: Path) -> pystac.Item:
         end_datetime=end,
         properties={
             "title": f"Downscaled CO2 emissions {year}",
-            **{f"carbongeo:{k}": v for k, v in sorted(tags.items()) if k != "TIFFTAG_SOFTWARE"},
+            **{f"carbongeo:{k}": v for k, v in sorted(tags.items()) if k not in _GDAL_TAGS},
         },
     )
     epsg = crs.to_epsg()

@@ -32,6 +32,7 @@ from carbongeo.outputs.datacube import (
 )
 from carbongeo.outputs.files import run_files
 from carbongeo.outputs.units import UNIT_CHOICES
+from carbongeo.stages.tile import _limit_gdal_cache as limit_gdal_cache
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,8 @@ def export(
     }
     ds = build_datacube(predictions, files.index.grid, dst, chunk=chunk, attrs=attrs)
     remove_stale_temps(path.parent)
+    # GDAL's block cache would otherwise grow to 5 % of RAM over the COG blocks, read once each.
+    limit_gdal_cache()
     bar: Any = nullcontext()
     if progress:
         from dask.diagnostics import ProgressBar
