@@ -103,3 +103,7 @@ class ClusterError(CarbongeoError):
 
 class WorkerError(CarbongeoError):
     """A worker process (a benchmark measurement) stopped on a user error, given as its message."""
+
+
+class UnitsError(CarbongeoError):
+    """Units cannot be read or converted (e.g. an emission unit without a mass)."""

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from carbongeo.errors import CarbongeoError
+from carbongeo.errors import CarbongeoError, WorkerError
 
 P = TypeVar("P")
 R = TypeVar("R")
@@ -162,7 +162,7 @@ def run_worker(worker: Worker[P, R], params: P) -> Measured[R]:
         stdout = out.read().decode("utf-8", "replace")
         stderr = err.read().decode("utf-8", "replace")
     if proc.returncode == 2 and stderr.strip():
-        raise CarbongeoError(stderr.strip().splitlines()[-1].removeprefix(_ERROR_PREFIX))
+        raise WorkerError(stderr.strip().splitlines()[-1].removeprefix(_ERROR_PREFIX))
     if proc.returncode:
         raise RuntimeError(
             f"bench worker {worker.kind} failed with exit code {proc.returncode}:\n{stderr[-4000:]}"

@@ -31,7 +31,6 @@ from carbongeo.config import DEFAULT_CONFIG_NAME
 # Side of a raw-read window.
 READ_WINDOW = 1024
 # The GDAL block cache tile_years sets; the read and the reproject get the same.
-GDAL_CACHE_MB = 128
 
 
 def _config(scene: str) -> Any:
@@ -152,6 +151,8 @@ def read_sources(params: ReadParams) -> ReadResult:
     import rasterio
     from rasterio.windows import Window
 
+    from carbongeo.io.sources import GDAL_CACHE_MB
+
     paths = [src.path_for(SCENE_YEAR) for src in _config(params.scene).sources()]
     total = 0
     start = time.perf_counter()
@@ -198,7 +199,7 @@ def reproject_sources(params: ReprojectParams) -> ReprojectResult:
     import rasterio
     from rasterio.warp import reproject
 
-    from carbongeo.io.sources import resampling_for, validate_source
+    from carbongeo.io.sources import GDAL_CACHE_MB, resampling_for, validate_source
     from carbongeo.stages.tile import build_grid, raster_source
 
     config = _config(params.scene)

@@ -28,13 +28,19 @@ from carbongeo.cli.options import (
     device_option,
     flag_for,
     json_option,
+    units_option,
     verbosity,
     verbosity_params,
     year_option,
     year_or_years_options,
     years_option,
 )
-from carbongeo.errors import CarbongeoError, ConfigNotFoundError, ResumeMismatchError
+from carbongeo.errors import (
+    CarbongeoError,
+    ConfigNotFoundError,
+    MissingRunFileError,
+    ResumeMismatchError,
+)
 
 log = logging.getLogger("carbongeo")
 
@@ -283,6 +289,7 @@ def train_command(
 @click.option("--overwrite", is_flag=True, help="Recompute years whose outputs already exist.")
 @dask_options("One task per year. Default: in this process, year after year.")
 @json_option("Print one JSON record per year.")
+@units_option("COGs")
 @click.pass_context
 def mosaic_command(
     ctx: click.Context,
@@ -296,12 +303,14 @@ def mosaic_command(
     scheduler: str | None,
     workers: int | None,
     as_json: bool,
+    units: str,
 ) -> None:
     """Predict every year over overlapping windows into predictions/Pred_<year>.tif and .npy.
 
     Windows are blended with Hann weights (full weight at scene borders), each coarse cell of
     the output is re-projected to sum to the coarse input, and the GeoTIFF is a Cloud-Optimized
-    GeoTIFF on exactly the grid. Finished years are skipped unless --overwrite.
+    GeoTIFF on exactly the grid (in --units; the .npy stays per cell). Finished years are
+    skipped unless --overwrite. Ends by refreshing the STAC catalog predictions/catalog.json.
     """
     from carbongeo.config import select_years
     from carbongeo.stages.mosaic import mosaic_years
@@ -318,6 +327,7 @@ def mosaic_command(
         progress=_progress(ctx) and not as_json,
         scheduler=scheduler,
         workers=workers,
+        units=units,
     )
     for r in results:
         if as_json:
@@ -329,6 +339,74 @@ def mosaic_command(
                 f"{r.year}: {r.tif_path} ({r.megapixels_per_s:.2f} Mpx/s, worst coarse-cell "
                 f"mass error {r.worst_cell_rel_error:.1e})"
             )
+
+
+@main.command("export")
+@config_option
+@years_option("export")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["netcdf", "zarr"]),
+    default="netcdf",
+    show_default=True,
+    help="netCDF-4 file or Zarr store (Zarr needs: pip install 'carbongeo[zarr]').",
+)
+@units_option("datacube")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Destination (default: <workdir>/exports/emissions_<years>_<units>.nc or .zarr).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON record.")
+@click.pass_context
+def export_command(
+    ctx: click.Context,
+    config_path: Path,
+    years: tuple[int, ...] | None,
+    fmt: str,
+    units: str,
+    out: Path | None,
+    as_json: bool,
+) -> None:
+    """Write every predicted year into one CF-1.8 datacube (netCDF or Zarr).
+
+    time with calendar-year bounds, projected x/y with bounds, 2-D lat/lon, a grid_mapping
+    variable, the emissions in --units with cell_methods, and cell_area (true m2 per pixel) so
+    totals survive any unit. Streamed chunk by chunk; written under a temporary name.
+    """
+    from carbongeo.config import select_years
+    from carbongeo.stages.export import export
+
+    config = _load(config_path)
+    chosen = list(select_years(config, years)) if years else None
+    result = export(
+        config,
+        chosen,
+        fmt=fmt,  # type: ignore[arg-type]
+        units=units,
+        out=out,
+        progress=_progress(ctx) and not as_json,
+    )
+    if as_json:
+        click.echo(json.dumps(result.to_dict()))
+    else:
+        click.echo(
+            f"{result.path}: {len(result.years)} year(s) in {result.units} ({result.seconds:.1f} s)"
+        )
+
+
+@main.command("catalog")
+@config_option
+def catalog_command(config_path: Path) -> None:
+    """Rebuild the STAC catalog predictions/catalog.json from the COGs on disk."""
+    from carbongeo.outputs.stac import write_catalog
+
+    path = write_catalog(_load(config_path))
+    if path is None:
+        raise MissingRunFileError("no prediction COG yet; run: carbongeo mosaic")
+    click.echo(str(path))
 
 
 @main.command("evaluate")

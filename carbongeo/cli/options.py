@@ -160,6 +160,18 @@ def dask_options(default: str) -> Callable[[F], F]:
     return decorator
 
 
+def units_option(what: str) -> Callable[[F], F]:
+    """``--units``: the units of the emissions a command writes (mosaic, export)."""
+    return click.option(
+        "--units",
+        type=click.Choice(["per_cell", "per_km2", "flux"]),
+        default="per_cell",
+        show_default=True,
+        help=f"Units of the {what}: per_cell (the target's, e.g. t CO2 / cell / yr), per_km2 "
+        "(t CO2 / km2 / yr) or flux (kg CO2 m-2 s-1, mean over the calendar year).",
+    )
+
+
 def json_option(help: str) -> Callable[[F], F]:  # noqa: A002
     """``--json``: machine-readable output on stdout."""
     return click.option("--json", "as_json", is_flag=True, help=help)

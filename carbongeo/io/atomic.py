@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -223,8 +224,8 @@ def _pid_alive(pid: int) -> bool:
 def remove_stale_temps(folder: str | Path) -> list[Path]:
     """Delete temporary files left in ``folder`` by writers that are no longer running.
 
-    A file counts as stale when its name has the form given by :func:`temp_path`
-    and no process with that id runs on this machine.
+    A file (or a folder, such as a Zarr store) counts as stale when its name has the form given
+    by :func:`temp_path` and no process with that id runs on this machine.
 
     Returns:
         The files removed.
@@ -235,8 +236,13 @@ def remove_stale_temps(folder: str | Path) -> list[Path]:
         return removed
     for entry in folder.iterdir():
         match = _TEMP_NAME.match(entry.name)
-        if match and entry.is_file() and not _pid_alive(int(match.group(1))):
-            remove_quietly(entry)
+        if match and not _pid_alive(int(match.group(1))):
+            if entry.is_dir():  # a store written as a folder (Zarr)
+                shutil.rmtree(entry, ignore_errors=True)
+            elif entry.is_file():
+                remove_quietly(entry)
+            else:
+                continue
             removed.append(entry)
     return removed
 

@@ -54,6 +54,7 @@ from affine import Affine
 from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
 from rasterio.enums import MaskFlags, Resampling
+from rasterio.env import get_gdal_config, set_gdal_config
 from rasterio.io import DatasetReader, MemoryFile
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform, transform_bounds
@@ -65,6 +66,9 @@ from carbongeo.grid import Grid, Window
 Bounds = tuple[float, float, float, float]
 
 _NETCDF_SUFFIXES = (".nc", ".nc4", ".cdf", ".netcdf")
+GDAL_CACHE_MB = 128
+"""GDAL block cache while reading sources (MB). GDAL's default, 5 % of RAM, grows with the scene;
+blocks are read about once, so a small cache loses nothing and keeps memory flat."""
 # Warp chunks (grid pixels): see warp_chunk().
 _CHUNK = 256
 _MIN_CHUNK = 16
@@ -829,3 +833,13 @@ def _window_total(
     xs, ys = np.asarray(xs), np.asarray(ys)
     inside = (xs >= bounds[0]) & (xs < bounds[2]) & (ys > bounds[1]) & (ys <= bounds[3])
     return float(np.sum(data[valid_rows[inside], valid_cols[inside]], dtype=np.float64))
+
+
+def limit_gdal_cache(limit_mb: int = GDAL_CACHE_MB) -> None:
+    """Bound GDAL's block cache in this process (dask worker processes start unbounded)."""
+    current = get_gdal_config("GDAL_CACHEMAX")
+    # GDAL reads values below 100000 as MB and larger ones as bytes.
+    if not isinstance(current, int) or current > (
+        limit_mb if current < 100_000 else limit_mb << 20
+    ):
+        set_gdal_config("GDAL_CACHEMAX", limit_mb)

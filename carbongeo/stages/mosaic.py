@@ -42,6 +42,7 @@ from carbongeo.grid import Grid, Window
 from carbongeo.ops.blocks import block_sum, upsample_blocks
 from carbongeo.ops.domain import aux_domain
 from carbongeo.ops.mass import mass_balance, reproject_mass
+from carbongeo.outputs.units import cog_units
 from carbongeo.parallel import run_tasks, worker_count
 from carbongeo.store.checkpoint import Checkpoint, load_checkpoint
 from carbongeo.store.layout import missing_input
@@ -510,6 +511,7 @@ class _Job:
     batch_size: int
     device: str
     threads: int
+    units: str = "per_cell"
 
 
 def _run_year(
@@ -530,6 +532,7 @@ def _run_year(
     reader = CubeReader(config.tiles_dir, grid, norm, years, index.has_coarse)
     predict = torch_predictor(model, resolve_device(job.device))
     units = index.target.get("units") or config.target.units
+    cog = cog_units(units, job.units, grid, job.year)
     tags = {
         "units": units,
         "year": str(job.year),
@@ -543,10 +546,12 @@ def _run_year(
         "overlap": str(job.overlap),
         "input_years": ",".join(str(y) for y in years),
         "TIFFTAG_SOFTWARE": f"carbongeo {__version__}",
+        **cog.tags,
     }
     layout = config.layout
     tif_path, npy_path = layout.prediction_tif(job.year), layout.prediction_npy(job.year)
-    with open_prediction_pair(tif_path, npy_path, grid, tags, units) as (sink, tif):
+    outputs = open_prediction_pair(tif_path, npy_path, grid, tags, cog.label, cog.convert)
+    with outputs as (sink, tif):
         stats = predict_scene(
             predict,
             reader,
@@ -618,6 +623,7 @@ def mosaic_years(
     progress: bool = True,
     scheduler: str | None = None,
     workers: int | None = None,
+    units: str = "per_cell",
 ) -> list[MosaicResult]:
     """Predict whole years from the tile cubes and write ``Pred_<year>.tif`` and ``.npy``.
 
@@ -640,6 +646,8 @@ def mosaic_years(
             process with the model loaded once, unless ``workers`` is given.
         workers: Without ``scheduler``, start a local dask cluster of this many worker
             processes; 0: one per CPU.
+        units: Units of the COGs: ``per_cell`` (the target's, as the ``.npy``), ``per_km2`` or
+            ``flux`` (see :mod:`carbongeo.outputs.units`); recorded in the tags.
 
     Returns:
         One result per year, in the order of ``years``.
@@ -662,6 +670,8 @@ def mosaic_years(
     grid = index.grid
     if not 0 <= overlap < grid.tile_size:
         raise ParameterError(f"must be in [0, {grid.tile_size}), got {overlap}", param="overlap")
+    for year in years:  # refuse units that cannot be converted before any work
+        cog_units(index.target.get("units") or config.target.units, units, grid, int(year))
 
     results: dict[int, MosaicResult] = {}
     todo: list[int] = []
@@ -682,7 +692,7 @@ def mosaic_years(
         model_id = file_sha256(checkpoint)[:16]
         threads = torch.get_num_threads()
         jobs = [
-            _Job(config, year, checkpoint, model_id, overlap, batch_size, device, threads)
+            _Job(config, year, checkpoint, model_id, overlap, batch_size, device, threads, units)
             for year in todo
         ]
         if scheduler is not None or workers is not None:
@@ -699,4 +709,7 @@ def mosaic_years(
         else:
             for job in jobs:
                 results[job.year] = _run_year(job, index, model, norm, state, progress=progress)
+    from carbongeo.outputs.stac import write_catalog  # local: the outputs package reads mosaic
+
+    write_catalog(config)
     return [results[int(y)] for y in dict.fromkeys(int(y) for y in years)]

@@ -29,7 +29,6 @@ import dask
 import numpy as np
 import rasterio
 from rasterio.crs import CRS
-from rasterio.env import get_gdal_config, set_gdal_config
 from rasterio.errors import CRSError
 
 from carbongeo.config import PipelineConfig, SourceConfig
@@ -37,11 +36,13 @@ from carbongeo.errors import ConfigError, GridError, InputDataError, OutputError
 from carbongeo.grid import Grid, Window
 from carbongeo.io.atomic import AtomicGroup, file_lock, output_error, remove_stale_temps
 from carbongeo.io.sources import (
+    GDAL_CACHE_MB,
     Bounds,
     RasterSource,
     SourceInfo,
     align_window,
     describe_source,
+    limit_gdal_cache,
     source_total,
     validate_source,
 )
@@ -62,9 +63,6 @@ log = logging.getLogger(__name__)
 # Default block side in pixels: about 4 MB per band of float32, a good balance between GDAL call
 # overhead and memory per parallel task.
 _BLOCK_PIXELS = 1024
-# GDAL's block cache defaults to 5% of RAM and would grow with the scene; blocks are read about
-# once, so a small cache loses nothing and keeps memory flat (MB).
-_GDAL_CACHE_MB = 128
 
 
 # --------------------------------------------------------------------------- the grid
@@ -246,17 +244,9 @@ class _Aligner:
         return values
 
 
-def _limit_gdal_cache() -> None:
-    """Bound GDAL's block cache in this process (dask worker processes start unbounded)."""
-    current = get_gdal_config("GDAL_CACHEMAX")
-    limit = _GDAL_CACHE_MB
-    if not isinstance(current, int) or current > (limit if current < 100_000 else limit << 20):
-        set_gdal_config("GDAL_CACHEMAX", limit)
-
-
 def _run_block(job: _BlockJob) -> list[_BlockResult]:
     """Align every source on one block for each year, write the tiles, return counts, totals."""
-    _limit_gdal_cache()
+    limit_gdal_cache()
     grid, block = job.grid, job.block
     ts = grid.tile_size
     align = _Aligner(job)
@@ -301,7 +291,7 @@ def _run_block(job: _BlockJob) -> list[_BlockResult]:
 
 
 def _total_task(source: RasterSource, info: SourceInfo, bounds: Bounds) -> float:
-    _limit_gdal_cache()
+    limit_gdal_cache()
     return source_total(source, info, bounds)
 
 
@@ -470,7 +460,7 @@ def tile_years(
                 key = f"{prefix}block-{group_years[0].plan.year}-{block.r0}-{block.c0}"
                 tasks.append(dask.delayed(_run_block, pure=False)(job, dask_key_name=key))
         totals_tasks, total_keys = _total_tasks(plans, grid, prefix)
-        with rasterio.Env(GDAL_CACHEMAX=_GDAL_CACHE_MB):
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
             results = run_tasks(
                 tasks + totals_tasks,
                 scheduler=scheduler,

@@ -154,6 +154,15 @@ class RunLayout:
 
     # ----------------------------------------------------------------------- reports
     @property
+    def stac_catalog(self) -> Path:
+        """``predictions/catalog.json``: the STAC catalog of the prediction COGs."""
+        return self.predictions_dir / "catalog.json"
+
+    def stac_item(self, year: int) -> Path:
+        """``predictions/Pred_<year>.json``: the STAC item of one year's COG."""
+        return self.prediction_tif(year).with_suffix(".json")
+
+    @property
     def evaluation_md(self) -> Path:
         """``reports/evaluation.md``."""
         return self.reports_dir / "evaluation.md"

@@ -102,9 +102,16 @@ class _NpyRows:
 
 @contextmanager
 def open_prediction_pair(
-    tif_path: Path, npy_path: Path, grid: Grid, tags: dict[str, str], units: str
+    tif_path: Path,
+    npy_path: Path,
+    grid: Grid,
+    tags: dict[str, str],
+    units: str,
+    to_cog: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Iterator[tuple[Callable[[np.ndarray], None], COGWriter]]:
     """Open ``Pred_<year>.tif`` and ``.npy`` for streaming; publish both only on success.
+
+    The ``.npy`` gets the rows as they are (the target's units), the COG ``to_cog(rows)``.
 
     Yields a sink that appends finished rows ``[n, width]`` (top to bottom) to both files, and
     the COG writer (to update its tags before it is finished). When the block raises, neither
@@ -115,7 +122,8 @@ def open_prediction_pair(
         npy_path: The array (``RunLayout.prediction_npy``).
         grid: The grid: CRS, transform and shape of both files.
         tags: GeoTIFF metadata tags.
-        units: Units of the band.
+        units: Units of the COG's band.
+        to_cog: Conversion of the rows into the COG's units; default: none.
 
     Raises:
         OutputError: A file cannot be written.
@@ -143,7 +151,7 @@ def open_prediction_pair(
         raise output_error(npy_path, err) from err
 
     def sink(rows: np.ndarray) -> None:
-        tif.write_rows(rows)
+        tif.write_rows(rows if to_cog is None else to_cog(rows))
         npy.write_rows(rows)
 
     published: list[Path] = []

@@ -398,10 +398,13 @@ def test_outputs_lie_exactly_on_the_grid_and_are_valid_cogs(
     with rasterio.open(results[0].tif_path) as src:
         assert src.tags()["input_years"] == "2020,2020,2021"  # the edge year is replicated
     assert listing(config.predictions_dir) == [
+        "Pred_2020.json",  # the STAC items and catalog
         "Pred_2020.npy",
         "Pred_2020.tif",
+        "Pred_2021.json",
         "Pred_2021.npy",
         "Pred_2021.tif",
+        "catalog.json",
     ]
 
 
@@ -501,7 +504,12 @@ def test_failed_overwrite_keeps_the_previous_outputs(
     with pytest.raises(RuntimeError):
         mosaic_years(config, [2021], device="cpu", progress=False, overwrite=True)
     assert (first.tif_path.read_bytes(), first.npy_path.read_bytes()) == before
-    assert listing(config.predictions_dir) == ["Pred_2021.npy", "Pred_2021.tif"]
+    assert listing(config.predictions_dir) == [
+        "Pred_2021.json",
+        "Pred_2021.npy",
+        "Pred_2021.tif",
+        "catalog.json",
+    ]
 
 
 def test_missing_cube_names_the_tile_command(tmp_path: Path) -> None:
