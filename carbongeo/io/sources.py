@@ -593,9 +593,8 @@ def read_frame(
     while col < end:
         start = col % meta.width
         width = min(end - col, meta.width - start)
-        parts.append(
-            read_valid(dataset, source, meta, RioWindow(start, window.row_off, width, window.height))
-        )
+        piece = RioWindow(start, window.row_off, width, window.height)
+        parts.append(read_valid(dataset, source, meta, piece))
         col += width
     return np.concatenate(parts, axis=1)
 

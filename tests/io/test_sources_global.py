@@ -81,9 +81,7 @@ def test_global_intensive_source_covers_a_grid_across_the_antimeridian(
     np.testing.assert_allclose(aligned, expected, atol=2e-4)
 
 
-@pytest.mark.parametrize(
-    ("west", "covered"), [(170.0, "all"), (-180.0, "east"), (175.0, "west")]
-)
+@pytest.mark.parametrize(("west", "covered"), [(170.0, "all"), (-180.0, "east"), (175.0, "west")])
 def test_regional_geographic_source_meets_the_grid_in_either_spelling(
     tmp_path: Path, west: float, covered: str
 ) -> None:
