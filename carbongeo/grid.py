@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from affine import Affine
 
 from carbongeo.errors import GridError, InputDataError
@@ -193,6 +194,31 @@ class Grid:
         """The coarse grid over the padded scene, as a Grid (tile size 1, scale 1)."""
         rows, cols = self.coarse_shape
         return Grid(self.crs, self.coarse_transform, rows, cols, tile_size=1, scale=1)
+
+    @property
+    def cuts_coarse_cells(self) -> bool:
+        """True when the scene edge cuts the last row or column of coarse cells."""
+        return bool(self.height % self.scale or self.width % self.scale)
+
+    def coarse_inside_share(self, cells: Window) -> np.ndarray:
+        """The share of each coarse cell of ``cells`` that lies inside the (unpadded) scene.
+
+        1 for whole cells, ``k / scale`` per axis for the cells the scene edge cuts after ``k``
+        pixels, 0 for cells in the padding. A coarse product carries only this share of a cut
+        cell's mass onto the scene, so the pixels inside never receive mass from outside it.
+
+        Args:
+            cells: A window of the coarse grid (cells of ``scale x scale`` pixels).
+
+        Returns:
+            float32 ``[cells.height, cells.width]``.
+        """
+        s = self.scale
+        rows = np.arange(cells.row, cells.row + cells.height) * s
+        cols = np.arange(cells.col, cells.col + cells.width) * s
+        share_rows = np.clip(self.height - rows, 0, s) / s
+        share_cols = np.clip(self.width - cols, 0, s) / s
+        return np.outer(share_rows, share_cols).astype(np.float32)
 
     def window_transform(self, window: Window) -> Affine:
         """Affine transform of a window's upper-left pixel."""

@@ -20,6 +20,8 @@ from carbongeo.training.normalization import RunningMoments
 PERCENTILES = (1, 50, 99)
 SAMPLE_PER_TILE = 512
 LOW_CORRELATION = 0.05
+HIGH_NODATA = 0.25
+"""Share of the target's valid pixels where an aux band is nodata above which ``check`` warns."""
 TOTAL_TOLERANCE = 1e-4
 
 
@@ -179,8 +181,10 @@ def _year_stats(tiles_dir: Path, year: int, bands: list[str], seed: int) -> dict
     # pixels: emissions are heavy-tailed, and on raw values a few point sources decide r.
     co = np.zeros((len(bands), 5))  # n, sum_x, sum_y, sum_xx... kept as n, sx, sy, sxy, sxx
     syy = np.zeros(len(bands))
+    target_valid = 0
     for i in range(x.shape[0]):
         target = np.asarray(y[i, 0], dtype=np.float64)
+        target_valid += int(np.isfinite(target).sum())
         stats["target"].add(target, rng)
         for b, name in enumerate(bands):
             band = np.asarray(x[i, b], dtype=np.float64)
@@ -193,6 +197,8 @@ def _year_stats(tiles_dir: Path, year: int, bands: list[str], seed: int) -> dict
     out = {name: s.summary(padded_pixels) for name, s in stats.items()}
     for b, name in enumerate(bands):
         n, sx, sy, sxy, sxx = co[b]
+        if target_valid:
+            out[name]["nodata_share"] = 1.0 - n / target_valid
         if n < 2:
             continue
         cov = sxy / n - sx / n * sy / n
@@ -207,6 +213,12 @@ def _band_warnings(year: int, name: str, stats: dict[str, Any]) -> list[str]:
     if stats["count"] == 0:
         return [f"{year} {name}: all nodata (check the file, its nodata value and the grid)"]
     found = []
+    share = stats.get("nodata_share", 0.0)
+    if share > HIGH_NODATA:
+        found.append(
+            f"{year} {name}: nodata on {100 * share:.0f}% of the pixels where the target has data "
+            "(check the file's extent, CRS and nodata value)"
+        )
     if stats["max"] == stats["min"]:
         found.append(f"{year} {name}: constant value {stats['min']:.4g} (carries no information)")
     corr = stats.get("corr_with_target")

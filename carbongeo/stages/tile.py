@@ -153,7 +153,9 @@ class TileIndex:
     ``target_aligned`` sums ``Y_<year>.npy``. For a source inside the grid they agree to float
     precision (about 1e-9 relative); for one that extends past the grid they differ by the mass of
     the pixels cut by the scene edge (counted whole or not at all vs split by area). ``coarse_*``
-    are the same for the coarse product over the coarse cells that touch the scene.
+    are the same for the coarse product: a coarse cell that the scene edge cuts carries only the
+    share of its area inside the scene (:meth:`Grid.coarse_inside_share`), so no mass from
+    outside the scene is put on the pixels inside.
     """
 
     grid: Grid
@@ -558,7 +560,10 @@ def _run_block(job: _BlockJob) -> list[_BlockResult]:
         aux = np.empty((len(plan.aux), *target.shape[1:]), dtype=np.float32)
         for channel, band in enumerate(plan.aux):
             aux[channel] = apply_transform(align(band), band.transform)
-        coarse = align(plan.coarse, coarse=True)[None] if plan.coarse is not None else None
+        coarse = None
+        if plan.coarse is not None:  # a cut cell carries only its share inside the scene
+            coarse = align(plan.coarse, coarse=True)[None]
+            coarse *= grid.coarse_inside_share(align.coarse_window)
         try:
             _write_tiles(out.y_path, block, target, ts, grid.tile_cols)
             _write_tiles(out.x_path, block, aux, ts, grid.tile_cols)
@@ -808,6 +813,14 @@ def tile_years(
         raise ConfigError("years: nothing to tile; give at least one year")
     config.check_files(years)
     grid = build_grid(config)
+    if config.coarse is not None and grid.cuts_coarse_cells:
+        log.info(
+            "grid: the scene (%d x %d px) is not a whole number of %d px coarse cells; the cut "
+            "cells keep only the share of their coarse mass inside the scene",
+            grid.height,
+            grid.width,
+            grid.scale,
+        )
     plans = _plan_years(config, grid, years)
     meta = _index_meta(config)
     tiles_dir = config.tiles_dir
@@ -923,11 +936,10 @@ def _year_groups(
 def _total_tasks(plans: list[_YearPlan], grid: Grid, prefix: str) -> tuple[list[Any], list[str]]:
     """One task per distinct extensive source file: the source total inside the scene."""
     scene = grid.bounds
-    coarse = coarse_scene_grid(grid).bounds
     tasks: list[Any] = []
     keys: list[str] = []
     for plan in plans:
-        bands = [(plan.target, scene)] + ([(plan.coarse, coarse)] if plan.coarse else [])
+        bands = [(plan.target, scene)] + ([(plan.coarse, scene)] if plan.coarse else [])
         for band, bounds in bands:
             key = _total_key(band)
             if key in keys:
@@ -998,7 +1010,7 @@ def _merge_index(
 
 def _warn_on_totals(plans: list[_YearPlan], index: TileIndex) -> None:
     """Log when an extensive source lying inside the grid lost or gained mass in alignment."""
-    scenes = {"target": index.grid.bounds, "coarse": coarse_scene_grid(index.grid).bounds}
+    scenes = {"target": index.grid.bounds, "coarse": index.grid.bounds}
     for plan in plans:
         t = index.totals[plan.year]
         pairs = [("target", plan.target, t["target_source"], t["target_aligned"])]
