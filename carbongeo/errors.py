@@ -30,3 +30,11 @@ class CheckpointError(CarbongeoError):
 
 class OutputError(CarbongeoError):
     """An output cannot be written (folder not writable, disk full)."""
+
+
+class DivergenceError(CarbongeoError):
+    """Training diverged, or weights or predictions are not finite (NaN or inf)."""
+
+
+class StaleInputError(CarbongeoError):
+    """A stage's input was made from another version of the pipeline file; rerun its command."""

@@ -42,6 +42,8 @@ from carbongeo.errors import CarbongeoError, CheckpointError
 from carbongeo.grid import Grid, Window
 from carbongeo.io.atomic import commit, output_error, remove_quietly, remove_stale_temps, temp_path
 from carbongeo.io.cog import COGWriter
+from carbongeo.models.finite import raw_prediction_guard
+from carbongeo.stages.prediction_checks import check_finite_predictions, non_finite_raw_prediction
 from carbongeo.stages.tile import TileIndex, cube_path, load_index, read_window
 from carbongeo.store.checkpoint import check_compatible, load_checkpoint, model_from_checkpoint
 from carbongeo.training.data import window_years
@@ -404,6 +406,7 @@ def predict_scene(
                 pending = pool.submit(read, batches[k + 1])
             preds = np.asarray(predict(inputs.aux, inputs.coarse), dtype=np.float32)
             preds = preds.reshape(len(batch), size, size)
+            check_finite_predictions(preds, inputs.valid, batch)
             for i, window in enumerate(batch):
                 weight = np.outer(row_profiles[window.row], col_profiles[window.col])
                 strip.add(window, preds[i], weight, inputs.valid[i], inputs.mass[i])
@@ -433,10 +436,13 @@ def torch_predictor(model: torch.nn.Module, device: torch.device | str = "cpu") 
         with (
             torch.inference_mode(),
             torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None),
+            raw_prediction_guard(model) as non_finite,
         ):
             aux_t = torch.from_numpy(aux).to(device, non_blocking=non_blocking)
             coarse_t = torch.from_numpy(coarse).to(device, non_blocking=non_blocking)
             out = model(aux_t, coarse_t)
+        if non_finite:  # the mass constraint would have hidden it as a uniform split
+            raise non_finite_raw_prediction(non_finite[0])
         return out.float().cpu().numpy()
 
     return predict

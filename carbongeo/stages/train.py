@@ -52,6 +52,7 @@ from carbongeo.device import resolve_device
 from carbongeo.errors import CarbongeoError, CheckpointError
 from carbongeo.evaluation.metrics import METRIC_NAMES, PooledMetrics
 from carbongeo.io.atomic import remove_stale_temps, write_text_atomic
+from carbongeo.models.finite import parameters_finite
 from carbongeo.models.losses import TERMS, HybridLoss
 from carbongeo.models.network import DSTCarbonFormer
 from carbongeo.stages.tile import TileIndex, load_index
@@ -68,6 +69,7 @@ from carbongeo.store.checkpoint import (
     strip_prefixes,
 )
 from carbongeo.training.data import CubeDataset, model_inputs
+from carbongeo.training.divergence import diverged, no_finite_loss
 from carbongeo.training.normalization import Normalization, compute_normalization
 
 logger = logging.getLogger(__name__)
@@ -860,6 +862,8 @@ class _Trainer:
             if clip > 0:
                 nn.utils.clip_grad_norm_(self.model.parameters(), clip)
             self.optimizer.step()
+        if not parameters_finite(self.model):  # never trained on, logged or saved
+            raise diverged(self.epoch + 1, float(loss.detach()), self.config.train.lr)
         self.scheduler.step()
         values = torch.stack([loss.detach(), *(terms[name] for name in TERMS)])
         return True, values.double()
@@ -880,6 +884,8 @@ class _Trainer:
         totals = _all_reduce(totals, ctx).tolist()
         steps = totals[-2]
         skipped = int(totals[-1])
+        if steps == 0 and skipped > 0:
+            raise no_finite_loss(epoch, skipped)
         mean = [value / steps if steps > 0 else math.nan for value in totals[: len(TERMS) + 1]]
         row: dict[str, Any] = {
             "epoch": epoch,
