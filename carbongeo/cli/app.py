@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from carbongeo import __version__
+from carbongeo.cli.quiet import quiet_libraries
 from carbongeo.errors import CarbongeoError
 
 log = logging.getLogger("carbongeo")
@@ -26,6 +27,20 @@ CONFIG_HELP = "Pipeline file (TOML). Default: carbongeo.toml in the working fold
 
 class CarbongeoGroup(click.Group):
     """A click group that turns user errors into one line and exit code 2."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        """Run the command line; a usage error (unknown option, bad value) is one line too."""
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.ClickException as err:
+            if type(err).__name__ == "NoArgsIsHelpError":  # a bare command shows its help
+                err.show()
+            else:
+                click.echo(usage_error_line(err), err=True)
+            sys.exit(err.exit_code)
+        except click.exceptions.Abort:
+            click.echo("carbongeo: interrupted", err=True)
+            sys.exit(130)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -48,6 +63,14 @@ class CarbongeoGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("carbongeo: interrupted", err=True)
             sys.exit(130)
+
+
+def usage_error_line(err: click.ClickException) -> str:
+    """``carbongeo: error: <message> (see '<command> --help')`` on one line."""
+    message = " ".join(err.format_message().split())
+    ctx = getattr(err, "ctx", None)
+    hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    return f"carbongeo: error: {message}{hint}"
 
 
 def config_option(func: Callable) -> Callable:
@@ -87,6 +110,7 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
     verbosity = -1 if quiet else verbose
     level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
     logging.basicConfig(level=level, format="carbongeo: %(levelname)s: %(message)s")
+    quiet_libraries(verbosity)
     ctx.ensure_object(dict)
     ctx.obj["verbosity"] = verbosity
 

@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 import rasterio
 import rasterio.errors
+import rasterio.transform
 from affine import Affine
 from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
@@ -270,10 +271,65 @@ def open_raster(source: RasterSource) -> Iterator[DatasetReader]:
                 dataset = rasterio.open(sub)
             except rasterio.errors.RasterioIOError as err:
                 raise InputDataError(f"{source.label}: cannot open {sub}: {err}") from err
+    warped = _gcp_warp(source, dataset)
     try:
-        yield dataset
+        yield warped if warped is not None else dataset
     finally:
+        if warped is not None:
+            warped.close()
         dataset.close()
+
+
+# Largest misfit, in pixels, of an affine transform fitted to a raster's GCPs for the GCPs to be
+# read as that transform (exactly, without resampling); beyond it the raster is warped.
+_GCP_AFFINE_TOLERANCE = 0.01
+
+
+def _gcp_affine(dataset: DatasetReader) -> tuple[CRS, Affine] | None:
+    """The CRS and affine transform of a raster georeferenced only by GCPs that fit an affine."""
+    if dataset.crs is not None:
+        return None
+    gcps, gcp_crs = dataset.gcps
+    if len(gcps) < 3 or gcp_crs is None:
+        return None
+    fitted = rasterio.transform.from_gcps(gcps)
+    inverse = ~fitted
+    misfit = max(
+        math.hypot(col - g.col, row - g.row) for g in gcps for col, row in [inverse @ (g.x, g.y)]
+    )
+    return (gcp_crs, fitted) if misfit <= _GCP_AFFINE_TOLERANCE else None
+
+
+def _gcp_warp(source: RasterSource, dataset: DatasetReader) -> WarpedVRT | None:
+    """A GCP-only raster whose GCPs do not fit an affine, warped north-up through its GCPs."""
+    if dataset.crs is not None or _gcp_affine(dataset) is not None:
+        return None
+    gcps, gcp_crs = dataset.gcps
+    if len(gcps) < 3 or gcp_crs is None:
+        return None
+    try:
+        return WarpedVRT(
+            dataset,
+            src_crs=gcp_crs,
+            resampling=resampling_for(source.kind, 1.0),
+            tolerance=_TOLERANCE,
+        )
+    except (rasterio.errors.RasterioError, CPLE_BaseError) as err:
+        raise InputDataError(
+            f"{source.label}: cannot warp the raster through its ground control points ({err})"
+        ) from err
+
+
+def _cf_geographic(dataset: DatasetReader) -> bool:
+    """Whether a raster without CRS has CF longitude/latitude coordinates (and a transform)."""
+    if dataset.transform == Affine.identity():
+        return False
+    tags = {k.lower(): str(v).lower() for k, v in dataset.tags().items()}
+    units = {v for k, v in tags.items() if k.endswith("#units")}
+    names = {v for k, v in tags.items() if k.endswith("#standard_name")}
+    east = bool(units & {"degrees_east", "degree_east", "degrees_e"}) or "longitude" in names
+    north = bool(units & {"degrees_north", "degree_north", "degrees_n"}) or "latitude" in names
+    return east and north
 
 
 def _pick_subdataset(source: RasterSource, subdatasets: list[str]) -> str:
@@ -291,12 +347,19 @@ def _pick_subdataset(source: RasterSource, subdatasets: list[str]) -> str:
 
 
 def _meta(source: RasterSource, dataset: DatasetReader) -> RasterMeta:
-    if dataset.crs is None:
+    crs, transform = dataset.crs, dataset.transform
+    gcp = _gcp_affine(dataset)
+    if gcp is not None:
+        crs, transform = gcp  # the GCPs are this transform: read the pixels as they are
+    elif crs is None and _is_netcdf(source.path) and _cf_geographic(dataset):
+        # CF lat/lon coordinates without a grid_mapping: geographic, on WGS 84 by convention.
+        crs = _crs("EPSG:4326")
+    if crs is None:
         if _is_netcdf(source.path):
             raise InputDataError(
                 f"{source.label}: no georeferencing found; the variable needs CF coordinates "
-                "(lat/lon or x/y with a grid_mapping variable), or convert it to a GeoTIFF with "
-                "gdal_translate -a_srs EPSG:4326 -a_ullr ..."
+                "(lat/lon in degrees, or x/y with a grid_mapping variable), or convert it to a "
+                "GeoTIFF with gdal_translate -a_srs EPSG:4326 -a_ullr ..."
             )
         raise InputDataError(
             f"{source.label}: raster has no CRS; assign one, e.g. gdal_edit.py -a_srs EPSG:4326 "
@@ -311,8 +374,8 @@ def _meta(source: RasterSource, dataset: DatasetReader) -> RasterMeta:
     scales = dataset.scales or (1.0,) * dataset.count
     offsets = dataset.offsets or (0.0,) * dataset.count
     return RasterMeta(
-        crs=dataset.crs.to_wkt(),
-        transform=dataset.transform,
+        crs=crs.to_wkt(),
+        transform=transform,
         width=dataset.width,
         height=dataset.height,
         count=dataset.count,
@@ -573,10 +636,18 @@ def read_valid(
         invalid |= dataset.read_masks(source.band, window=window) == 0
     if np.issubdtype(raw.dtype, np.floating) or np.issubdtype(raw.dtype, np.complexfloating):
         invalid |= ~np.isfinite(raw)
-    with np.errstate(over="ignore"):  # float64 nodata such as -DBL_MAX; masked just below
+    with np.errstate(over="ignore", invalid="ignore"):  # e.g. float64 nodata -DBL_MAX; masked
         data = raw.astype(np.float32)
-    if meta.scale != 1.0 or meta.offset != 0.0:
-        data = data * np.float32(meta.scale) + np.float32(meta.offset)
+        if meta.scale != 1.0 or meta.offset != 0.0:
+            data = data * np.float32(meta.scale) + np.float32(meta.offset)
+    overflow = ~invalid & ~np.isfinite(data)
+    if overflow.any():
+        example = float(np.asarray(raw, dtype=np.float64)[overflow][0])
+        raise InputDataError(
+            f"{source.label}: {int(overflow.sum())} pixel(s) beyond the float32 range (e.g. "
+            f"{example:.4g}, limit 3.4e38); rescale the file (e.g. other units), or if the value "
+            "marks missing data declare it as this source's nodata"
+        )
     data[invalid] = np.nan
     return data
 

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from carbongeo.config import PipelineConfig
-from carbongeo.errors import CarbongeoError
-from carbongeo.stages.tile import load_index
+from carbongeo.stages.tile import TileIndex, load_index
+from carbongeo.store.cube_files import open_cube
 from carbongeo.training.normalization import RunningMoments
 
 PERCENTILES = (1, 50, 99)
@@ -142,11 +142,10 @@ def check_data(
     tiles_dir = config.tiles_dir
     index = load_index(tiles_dir)
     chosen = years if years is not None else list(index.years)
-    bands = list(index.bands)
     warnings: list[str] = []
     per_year: dict[int, dict[str, dict[str, Any]]] = {}
     for year in chosen:
-        per_year[year] = _year_stats(tiles_dir, year, bands, seed)
+        per_year[year] = _year_stats(tiles_dir, year, index, seed)
         for name, stats in per_year[year].items():
             warnings.extend(_band_warnings(year, name, stats))
 
@@ -167,14 +166,9 @@ def check_data(
     return CheckReport(per_year, totals, warnings)
 
 
-def _year_stats(tiles_dir: Path, year: int, bands: list[str], seed: int) -> dict[str, dict]:
-    x_path, y_path = tiles_dir / f"X_{year}.npy", tiles_dir / f"Y_{year}.npy"
-    if not (x_path.is_file() and y_path.is_file()):
-        raise CarbongeoError(
-            f"no cubes for {year} in {tiles_dir}; run 'carbongeo tile --year {year}'"
-        )
-    x = np.load(x_path, mmap_mode="r")
-    y = np.load(y_path, mmap_mode="r")
+def _year_stats(tiles_dir: Path, year: int, index: TileIndex, seed: int) -> dict[str, dict]:
+    bands = list(index.bands)
+    x, y = (open_cube(tiles_dir, kind, year, index) for kind in ("X", "Y"))
     rng = np.random.default_rng(seed)
     stats = {name: BandStats() for name in ["target", *bands]}
     # Running sums for the correlation of each aux band with log1p(target) on shared valid

@@ -512,24 +512,14 @@ class TileStore:
         cached = self._cubes.get(year)
         if cached is not None and (cached["pred"] is not None or not with_prediction):
             return cached
+        from carbongeo.store.cube_files import open_cube
+
         cubes: dict[str, np.ndarray | None] = {}
         for key in ("X", "Y"):
-            path = self.tiles_dir / f"{key}_{year}.npy"
-            if not path.is_file():
-                raise CarbongeoError(
-                    f"{path} not found; run: carbongeo tile --config {self.config.path} "
-                    f"--years {year}"
-                )
-            cubes[key] = np.load(path, mmap_mode="r")
+            cubes[key] = open_cube(self.tiles_dir, key, year, self.index)
         cubes["C"] = None
         if self.index.has_coarse:
-            coarse_path = self.tiles_dir / f"C_{year}.npy"
-            if not coarse_path.is_file():
-                raise CarbongeoError(
-                    f"{coarse_path} not found; run: carbongeo tile --config {self.config.path} "
-                    f"--years {year}"
-                )
-            cubes["C"] = np.load(coarse_path, mmap_mode="r")
+            cubes["C"] = open_cube(self.tiles_dir, "C", year, self.index)
         cubes["pred"] = None
         if with_prediction:
             cubes["pred"] = self._load_prediction(year)

@@ -21,6 +21,7 @@ atomically.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -37,8 +38,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from carbongeo.cluster import (
+    check_scheduler,
+    check_workers,
+    local_client,
+    picklable_errors,
+    quiet_distributed,
+)
 from carbongeo.device import resolve_device
-from carbongeo.errors import CarbongeoError, CheckpointError
+from carbongeo.errors import CarbongeoError, CheckpointError, ConfigError
 from carbongeo.grid import Grid, Window
 from carbongeo.io.atomic import commit, output_error, remove_quietly, remove_stale_temps, temp_path
 from carbongeo.io.cog import COGWriter
@@ -46,6 +54,7 @@ from carbongeo.models.finite import raw_prediction_guard
 from carbongeo.stages.prediction_checks import check_finite_predictions, non_finite_raw_prediction
 from carbongeo.stages.tile import TileIndex, cube_path, load_index, read_window
 from carbongeo.store.checkpoint import check_compatible, load_checkpoint, model_from_checkpoint
+from carbongeo.store.cube_files import open_cube
 from carbongeo.training.data import window_years
 from carbongeo.training.normalization import Normalization, aux_domain
 
@@ -667,14 +676,10 @@ def input_years(index: TileIndex, year: int, temporal: int) -> tuple[int, ...]:
     return tuple(window_years(year, temporal, tiled[0], tiled[-1]))
 
 
-def _check_cubes(tiles_dir: Path, years: Sequence[int], has_coarse: bool) -> None:
+def _check_cubes(tiles_dir: Path, years: Sequence[int], index: TileIndex) -> None:
     for year in sorted(set(years)):
-        for kind in ("X", "C" if has_coarse else "Y"):
-            path = cube_path(tiles_dir, kind, year)
-            if not path.is_file():
-                raise CarbongeoError(
-                    f"{path.name} is missing from {tiles_dir}; run: carbongeo tile --year {year}"
-                )
+        for kind in ("X", "C" if index.has_coarse else "Y"):
+            open_cube(tiles_dir, kind, year, index)  # present, readable, of the index's shape
 
 
 @dataclass(frozen=True)
@@ -705,7 +710,7 @@ def _run_year(
     config = job.config
     grid = index.grid
     years = input_years(index, job.year, model.temporal)
-    _check_cubes(config.tiles_dir, years, index.has_coarse)
+    _check_cubes(config.tiles_dir, years, index)
     reader = CubeReader(config.tiles_dir, grid, norm, years, index.has_coarse)
     predict = torch_predictor(model, resolve_device(job.device))
     units = index.target.get("units") or config.target.units
@@ -775,6 +780,7 @@ def _load_model(
     return model, norm, state
 
 
+@picklable_errors
 def _year_task(job: _Job) -> MosaicResult:
     """One year in a fresh process (a dask task): load the index and the model, then stream."""
     # PyTorch's CPU kernels round differently with different thread counts; using the submitting
@@ -830,8 +836,8 @@ def mosaic_years(
     batch_size = config.mosaic.batch_size if batch_size is None else batch_size
     if batch_size < 1:
         raise CarbongeoError(f"--batch-size: must be >= 1, got {batch_size}")
-    if workers is not None and workers < 1:
-        raise CarbongeoError(f"--workers: must be >= 1, got {workers}")
+    check_workers(workers)
+    check_scheduler(scheduler)
     resolve_device(device)  # fail before any work on a bad device
     index = load_index(config.tiles_dir)
     grid = index.grid
@@ -855,7 +861,7 @@ def mosaic_years(
         model, norm, state = _load_model(checkpoint, index)
         for year in todo:  # every input is checked before the first year starts
             years_in = input_years(index, year, model.temporal)
-            _check_cubes(config.tiles_dir, years_in, index.has_coarse)
+            _check_cubes(config.tiles_dir, years_in, index)
         model_id = file_sha256(checkpoint)[:16]
         threads = torch.get_num_threads()
         jobs = [
@@ -875,17 +881,20 @@ def _run_distributed(
     jobs: Sequence[_Job], scheduler: str | None, workers: int | None, progress: bool
 ) -> list[MosaicResult]:
     """Run one task per year on a dask.distributed cluster; outputs match a local run."""
-    from dask.distributed import Client, LocalCluster, as_completed
+    from dask.distributed import Client, as_completed
 
-    cluster = None
-    if scheduler is not None:
-        client = Client(scheduler)
-    else:
-        cluster = LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
-        )
-        client = Client(cluster)
-    try:
+    with contextlib.ExitStack() as stack:
+        if scheduler is not None and scheduler != "distributed":
+            stack.enter_context(quiet_distributed())
+            try:
+                client = Client(scheduler, timeout=30)
+            except (OSError, ValueError, TypeError) as err:
+                raise ConfigError(
+                    f"scheduler: cannot connect to the dask scheduler at {scheduler!r} ({err})"
+                ) from err
+            stack.callback(client.close)
+        else:
+            client = stack.enter_context(local_client(workers, dashboard_address=":0"))
         futures = [client.submit(_year_task, job, pure=False) for job in jobs]
         results = []
         with tqdm(
@@ -899,7 +908,3 @@ def _run_distributed(
                 results.append(future.result())
                 bar.update(1)
         return results
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()

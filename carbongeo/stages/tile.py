@@ -32,7 +32,7 @@ import os
 import shutil
 import sys
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -46,6 +46,13 @@ from rasterio.env import get_gdal_config, set_gdal_config
 from rasterio.errors import CRSError
 from tqdm import tqdm
 
+from carbongeo.cluster import (
+    check_scheduler,
+    check_workers,
+    local_client,
+    picklable_errors,
+    quiet_distributed,
+)
 from carbongeo.config import PipelineConfig, SourceConfig
 from carbongeo.errors import ConfigError, GridError, InputDataError, OutputError
 from carbongeo.grid import Grid, Tile, Window
@@ -547,6 +554,7 @@ def _limit_gdal_cache() -> None:
         set_gdal_config("GDAL_CACHEMAX", limit)
 
 
+@picklable_errors
 def _run_block(job: _BlockJob) -> list[_BlockResult]:
     """Align every source on one block for each year, write the tiles, return counts, totals."""
     _limit_gdal_cache()
@@ -596,6 +604,7 @@ def _run_block(job: _BlockJob) -> list[_BlockResult]:
     return results
 
 
+@picklable_errors
 def _total_task(source: RasterSource, info: SourceInfo, bounds: Bounds) -> float:
     _limit_gdal_cache()
     return source_total(source, info, bounds)
@@ -723,52 +732,30 @@ def _compute(
     if scheduler in _LOCAL_SCHEDULERS or (scheduler is None and workers is None):
         with _DaskProgress(bar, prefix):
             return list(dask.compute(*tasks, scheduler=scheduler or "threads", num_workers=workers))
-    from distributed import Client, LocalCluster, as_completed
+    from distributed import Client, as_completed
 
-    with _quiet_distributed():
-        cluster = None
+    with contextlib.ExitStack() as stack:
         if scheduler is None or scheduler == "distributed":
-            cluster = LocalCluster(
-                n_workers=workers or os.cpu_count() or 1,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=None,
-            )
-            client = Client(cluster)
+            client = stack.enter_context(local_client(workers))
         else:
+            stack.enter_context(quiet_distributed())
             try:
                 client = Client(scheduler, timeout=30)
-            except OSError as err:
+            except (OSError, ValueError, TypeError) as err:
                 raise ConfigError(
-                    f"--scheduler: cannot connect to the dask scheduler at {scheduler!r} ({err})"
+                    f"scheduler: cannot connect to the dask scheduler at {scheduler!r} ({err})"
                 ) from err
+            stack.callback(client.close)
+        futures = client.compute(tasks)
         try:
-            futures = client.compute(tasks)
-            try:
-                for future in as_completed(futures):
-                    if future.status == "error":
-                        future.result()  # raises the task's exception
-                    bar.update(1)
-            except BaseException:
-                client.cancel(futures)
-                raise
-            return client.gather(futures)
-        finally:
-            client.close()
-            if cluster is not None:
-                cluster.close()
-
-
-@contextlib.contextmanager
-def _quiet_distributed() -> Iterator[None]:
-    """Keep dask.distributed's INFO chatter (workers starting, ...) out of the user's log."""
-    logger = logging.getLogger("distributed")
-    level = logger.level
-    logger.setLevel(max(level, logging.WARNING))
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
+            for future in as_completed(futures):
+                if future.status == "error":
+                    future.result()  # raises the task's exception
+                bar.update(1)
+        except BaseException:
+            client.cancel(futures)
+            raise
+        return client.gather(futures)
 
 
 def tile_years(
@@ -811,8 +798,11 @@ def tile_years(
     years = sorted({int(y) for y in years})
     if not years:
         raise ConfigError("years: nothing to tile; give at least one year")
+    check_scheduler(scheduler)
+    check_workers(workers)
     config.check_files(years)
     grid = build_grid(config)
+    grid.check_tile_size()
     if config.coarse is not None and grid.cuts_coarse_cells:
         log.info(
             "grid: the scene (%d x %d px) is not a whole number of %d px coarse cells; the cut "

@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 
 from carbongeo.errors import CarbongeoError
 from carbongeo.stages.tile import load_index
+from carbongeo.store.cube_files import open_cube
 from carbongeo.training.normalization import aux_domain
 
 if TYPE_CHECKING:
@@ -117,11 +118,7 @@ class CubeDataset(Dataset[dict[str, Any]]):
         needed = sorted({w for window in self.windows.values() for w in window})
         for year in needed:
             for prefix in ("X", "Y"):
-                if not (self.tiles_dir / f"{prefix}_{year}.npy").is_file():
-                    raise CarbongeoError(
-                        f"tiles for year {year} are missing from {self.tiles_dir} "
-                        f"({prefix}_{year}.npy); run: carbongeo tile --year {year}"
-                    )
+                open_cube(self.tiles_dir, prefix, year, self.index)  # present and of its shape
         self.samples = [
             (int(tile_id), self.index.position(int(tile_id)), year)
             for tile_id in tile_ids

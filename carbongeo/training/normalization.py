@@ -236,6 +236,7 @@ def compute_normalization(
             inconsistent between years, or the train tiles hold no positive target pixel.
     """
     from carbongeo.stages.tile import load_index
+    from carbongeo.store.cube_files import open_cube
 
     tiles_dir = Path(tiles_dir)
     years = list(years)
@@ -248,12 +249,7 @@ def compute_normalization(
     positive_count = 0
     moments = RunningMoments(len(index.bands))
     for year in years:
-        x_cube, y_cube = _open_year(tiles_dir, year)
-        if x_cube.shape[1] != len(index.bands):
-            raise CarbongeoError(
-                f"X_{year}.npy has {x_cube.shape[1]} bands but index.json lists "
-                f"{len(index.bands)}; rerun: carbongeo tile"
-            )
+        x_cube, y_cube = (open_cube(tiles_dir, kind, year, index) for kind in ("X", "Y"))
         for row in rows:
             aux = np.asarray(x_cube[row], dtype=np.float64)
             moments.update(aux.reshape(aux.shape[0], -1))
@@ -275,13 +271,3 @@ def compute_normalization(
         high_threshold=float(high),
         hotspot_threshold=float(hotspot),
     )
-
-
-def _open_year(tiles_dir: Path, year: int) -> tuple[np.ndarray, np.ndarray]:
-    paths = [tiles_dir / f"X_{year}.npy", tiles_dir / f"Y_{year}.npy"]
-    for path in paths:
-        if not path.is_file():
-            raise CarbongeoError(
-                f"{path.name} is missing from {tiles_dir}; run: carbongeo tile --year {year}"
-            )
-    return np.load(paths[0], mmap_mode="r"), np.load(paths[1], mmap_mode="r")
