@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import logging
 import math
 import sys
@@ -55,6 +56,7 @@ from carbongeo.stages.prediction_checks import check_finite_predictions, non_fin
 from carbongeo.stages.tile import TileIndex, cube_path, load_index, read_window
 from carbongeo.store.checkpoint import check_compatible, load_checkpoint, model_from_checkpoint
 from carbongeo.store.cube_files import open_cube
+from carbongeo.store.pairs import PAIR_TAG, file_sha256, pair_is_complete
 from carbongeo.training.data import window_years
 from carbongeo.training.normalization import Normalization, aux_domain
 
@@ -541,11 +543,18 @@ class _NpyRows:
         self.rows = 0
         self._tmp = temp_path(path)
         self._file = open(self._tmp, "wb")  # noqa: SIM115 - closed in publish/abort
+        self.digest = hashlib.sha256()  # of the bytes written: ties the .tif to this .npy
         header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False}
-        np.lib.format.write_array_header_1_0(self._file, {**header, "shape": (height, width)})
+        buffer = io.BytesIO()
+        np.lib.format.write_array_header_1_0(buffer, {**header, "shape": (height, width)})
+        self._write(buffer.getvalue())
+
+    def _write(self, data: bytes | memoryview) -> None:
+        self._file.write(data)
+        self.digest.update(data)
 
     def write_rows(self, rows: np.ndarray) -> None:
-        self._file.write(np.ascontiguousarray(rows, dtype="<f4").data)
+        self._write(np.ascontiguousarray(rows, dtype="<f4").data)
         self.rows += rows.shape[0]
 
     def finish(self) -> None:
@@ -595,6 +604,7 @@ def _prediction_outputs(
     published: list[Path] = []
     try:
         yield sink, tif
+        tif.update_tags(**{PAIR_TAG: npy.digest.hexdigest()})  # see store/pairs.py
         tif.finish()
         npy.finish()
         npy.publish()
@@ -610,15 +620,6 @@ def _prediction_outputs(
         raise
 
 
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 # --------------------------------------------------------------------------- years
 @dataclass(frozen=True)
 class MosaicResult:
@@ -628,7 +629,8 @@ class MosaicResult:
         year: The predicted year.
         tif_path: ``predictions/Pred_<year>.tif``.
         npy_path: ``predictions/Pred_<year>.npy``.
-        skipped: True when both outputs existed and were kept (no ``overwrite``).
+        skipped: True when both outputs existed as one run's pair and were kept (no
+            ``overwrite``; see :mod:`carbongeo.store.pairs`).
         worst_cell_rel_error: Largest relative block-sum error over positive coarse cells.
         coarse_mass: Total of the positive coarse cells.
         unplaced_mass: Coarse mass over cells without a valid pixel (not in the output).
@@ -808,7 +810,8 @@ def mosaic_years(
 
     Each year is streamed window by window (see :func:`predict_scene`): the output is blended
     without seams, every coarse cell sums to its coarse input, nodata is NaN, and both files are
-    published atomically when complete. Years whose two outputs already exist are skipped unless
+    published atomically when complete. Years whose two outputs already exist, written together
+    (:func:`~carbongeo.store.pairs.pair_is_complete`), are skipped unless
     ``overwrite``.
 
     Args:
@@ -848,10 +851,12 @@ def mosaic_years(
     todo: list[int] = []
     for year in dict.fromkeys(int(y) for y in years):
         tif_path, npy_path = prediction_paths(config, year)
-        if tif_path.is_file() and npy_path.is_file() and not overwrite:
+        if not overwrite and pair_is_complete(tif_path, npy_path):
             log.info("year %d: %s exists, skipped (use --overwrite to recompute)", year, tif_path)
             results[year] = MosaicResult(year, tif_path, npy_path, skipped=True)
         else:
+            if not overwrite and tif_path.is_file() and npy_path.is_file():
+                log.warning("year %d: %s and its .npy are not one pair; redone", year, tif_path)
             todo.append(year)
     if todo:
         if not checkpoint.is_file():
