@@ -28,6 +28,8 @@ TRANSFORMS: tuple[str, ...] = ("none", "log1p")
 FFT_FILTERS: tuple[str, ...] = ("ideal", "butterworth", "gaussian")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 DEFAULT_CONFIG_NAME = "carbongeo.toml"
+TILE_SECTIONS: tuple[str, ...] = ("grid", "target", "coarse", "aux")
+"""The sections of the pipeline file that the year cubes depend on."""
 MODEL_DIM_RANGE = (4, 1024)
 """Allowed ``model.dim``: the network needs a multiple of 4; beyond 1024 it cannot be allocated
 on ordinary machines (the full model has 48)."""
@@ -212,7 +214,17 @@ class PipelineConfig:
 
     def data_hash(self) -> str:
         """A short hash of what determines the data and model (not paths or training knobs)."""
-        keys = ("grid", "target", "coarse", "aux", "model")
+        return self._hash(("grid", "target", "coarse", "aux", "model"))
+
+    def tiles_hash(self) -> str:
+        """A short hash of the sections the year cubes are made from (``tiles/index.json``)."""
+        return self._hash(TILE_SECTIONS)
+
+    def split_hash(self) -> str:
+        """A short hash of what ``tiles/split.json`` is made from: the tiles and ``[split]``."""
+        return self._hash((*TILE_SECTIONS, "split"))
+
+    def _hash(self, keys: Sequence[str]) -> str:
         text = repr({k: self.raw.get(k) for k in keys})
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

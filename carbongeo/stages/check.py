@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from carbongeo.config import PipelineConfig
+from carbongeo.stages.freshness import check_tiles
 from carbongeo.stages.tile import TileIndex, load_index
 from carbongeo.store.cube_files import open_cube
 from carbongeo.training.normalization import RunningMoments
@@ -141,6 +142,7 @@ def check_data(
     """
     tiles_dir = config.tiles_dir
     index = load_index(tiles_dir)
+    check_tiles(config, index)
     chosen = years if years is not None else list(index.years)
     warnings: list[str] = []
     per_year: dict[int, dict[str, dict[str, Any]]] = {}

@@ -39,6 +39,7 @@ from carbongeo.config import PipelineConfig
 from carbongeo.errors import CarbongeoError
 from carbongeo.evaluation.baselines import block_sum, run_baselines, unplaced_mass
 from carbongeo.grid import Window
+from carbongeo.stages.freshness import check_prediction, check_split, check_tiles
 from carbongeo.training.normalization import RunningMoments, aux_domain
 
 __all__ = [
@@ -484,6 +485,7 @@ class TileStore:
 
         self.tiles_dir = config.tiles_dir
         self.index = load_index(self.tiles_dir)
+        check_tiles(config, self.index)
         self.grid = self.index.grid
         self.scale = self.grid.scale
         self.tile_size = self.grid.tile_size
@@ -533,6 +535,7 @@ class TileStore:
                 f"{path} not found; run: carbongeo mosaic --config {self.config.path} "
                 f"--years {year}"
             )
+        check_prediction(self.config, self.prediction_path(year, "tif"), year)
         pred = np.load(path, mmap_mode="r")
         if pred.shape != (self.grid.height, self.grid.width):
             raise CarbongeoError(
@@ -869,6 +872,7 @@ def evaluate(
         raise CarbongeoError(f"--split: {subset!r} is not one of train, val, test")
     store = TileStore(config)
     tile_split = load_split(config.tiles_dir)
+    check_split(config, tile_split)
     years = _years_with_predictions(config, store, years)
     holdout = tile_split.holdout_year
     sections: list[SectionResult] = []

@@ -52,6 +52,7 @@ from carbongeo.grid import Grid, Window
 from carbongeo.io.atomic import commit, output_error, remove_quietly, remove_stale_temps, temp_path
 from carbongeo.io.cog import COGWriter
 from carbongeo.models.finite import raw_prediction_guard
+from carbongeo.stages.freshness import check_checkpoint, check_tiles
 from carbongeo.stages.prediction_checks import check_finite_predictions, non_finite_raw_prediction
 from carbongeo.stages.tile import TileIndex, cube_path, load_index, read_window
 from carbongeo.store.checkpoint import check_compatible, load_checkpoint, model_from_checkpoint
@@ -834,6 +835,7 @@ def mosaic_years(
             or does not fit the tiles (:class:`~carbongeo.errors.CheckpointError`), or an output
             cannot be written.
     """
+    own_checkpoint = checkpoint is None  # the workdir's: it must come from this config
     checkpoint = Path(checkpoint) if checkpoint is not None else config.checkpoints_dir / "best.pt"
     overlap = config.mosaic.overlap if overlap is None else overlap
     batch_size = config.mosaic.batch_size if batch_size is None else batch_size
@@ -843,20 +845,26 @@ def mosaic_years(
     check_scheduler(scheduler)
     resolve_device(device)  # fail before any work on a bad device
     index = load_index(config.tiles_dir)
+    check_tiles(config, index)
     grid = index.grid
     if not 0 <= overlap < grid.tile_size:
         raise CarbongeoError(f"--overlap: must be in [0, {grid.tile_size}), got {overlap}")
 
     results: dict[int, MosaicResult] = {}
     todo: list[int] = []
+    made_with = {"config_hash": config.data_hash()}  # a year is done only by this config/model
+    if checkpoint.is_file():
+        made_with["model_id"] = file_sha256(checkpoint)[:16]
     for year in dict.fromkeys(int(y) for y in years):
         tif_path, npy_path = prediction_paths(config, year)
-        if not overwrite and pair_is_complete(tif_path, npy_path):
+        if not overwrite and pair_is_complete(tif_path, npy_path, made_with):
             log.info("year %d: %s exists, skipped (use --overwrite to recompute)", year, tif_path)
             results[year] = MosaicResult(year, tif_path, npy_path, skipped=True)
         else:
             if not overwrite and tif_path.is_file() and npy_path.is_file():
-                log.warning("year %d: %s and its .npy are not one pair; redone", year, tif_path)
+                log.warning(
+                    "year %d: %s is stale or not one pair with its .npy; redone", year, tif_path
+                )
             todo.append(year)
     if todo:
         if not checkpoint.is_file():
@@ -864,6 +872,8 @@ def mosaic_years(
                 f"checkpoint not found: {checkpoint}; run: carbongeo train (or pass --checkpoint)"
             )
         model, norm, state = _load_model(checkpoint, index)
+        if own_checkpoint:
+            check_checkpoint(config, state, checkpoint)
         for year in todo:  # every input is checked before the first year starts
             years_in = input_years(index, year, model.temporal)
             _check_cubes(config.tiles_dir, years_in, index)

@@ -9,6 +9,7 @@ excluded, and every exclusion is counted by reason.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from collections import Counter
@@ -19,6 +20,7 @@ from typing import Any
 from carbongeo.config import PipelineConfig, SplitConfig
 from carbongeo.errors import CarbongeoError
 from carbongeo.io.atomic import write_json_atomic
+from carbongeo.stages.freshness import check_tiles
 from carbongeo.stages.tile import load_index
 
 SPLIT_FILE = "split.json"
@@ -36,6 +38,7 @@ class TileSplit:
     block_tiles: int = 1
     buffer_tiles: int = 1
     seed: int = 0
+    inputs_hash: str = ""
 
     def ids(self, subset: str) -> list[int]:
         """The tile ids of ``train``, ``val`` or ``test``."""
@@ -55,6 +58,7 @@ class TileSplit:
             "block_tiles": self.block_tiles,
             "buffer_tiles": self.buffer_tiles,
             "seed": self.seed,
+            "inputs_hash": self.inputs_hash,
         }
 
     @classmethod
@@ -69,6 +73,7 @@ class TileSplit:
             block_tiles=int(data.get("block_tiles", 1)),
             buffer_tiles=int(data.get("buffer_tiles", 1)),
             seed=int(data.get("seed", 0)),
+            inputs_hash=str(data.get("inputs_hash", "")),
         )
 
 
@@ -149,6 +154,7 @@ def _near(tile: dict[str, Any], others: list[tuple[int, int]], distance: int) ->
 def split_tiles(config: PipelineConfig) -> TileSplit:
     """Read ``tiles/index.json``, split its tiles and write ``tiles/split.json`` atomically."""
     index = load_index(config.tiles_dir)
+    check_tiles(config, index)
     holdout = config.split.holdout_year
     records = []
     for tile in index.tiles:
@@ -167,6 +173,7 @@ def split_tiles(config: PipelineConfig) -> TileSplit:
             "split: no tile is left for training; lower split.min_valid_fraction or "
             "split.buffer_tiles, or tile a larger area"
         )
+    result = dataclasses.replace(result, inputs_hash=config.split_hash())
     write_json_atomic(config.tiles_dir / SPLIT_FILE, result.to_dict())
     return result
 

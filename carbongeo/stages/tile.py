@@ -154,7 +154,7 @@ class TileIndex:
          "tiles": [{"id", "row", "col", "valid_fraction": {"2014": 0.93, ...}}, ...],
          "totals": {"2014": {"target_source", "target_aligned", "coarse_source",
                              "coarse_aligned"}},    # coarse_* are null without [coarse]
-         "config_hash": "..."}
+         "config_hash": "..."}                      # PipelineConfig.tiles_hash()
 
     ``target_source`` sums the target file's valid pixels whose centres fall in the scene;
     ``target_aligned`` sums ``Y_<year>.npy``. For a source inside the grid they agree to float
@@ -994,7 +994,7 @@ def _merge_index(
         has_coarse=bool(meta["has_coarse"]),
         tiles=tiles,
         totals=totals,
-        config_hash=config.data_hash(),
+        config_hash=config.tiles_hash(),
     )
 
 

@@ -55,6 +55,7 @@ from carbongeo.io.atomic import remove_stale_temps, write_text_atomic
 from carbongeo.models.finite import parameters_finite
 from carbongeo.models.losses import TERMS, HybridLoss
 from carbongeo.models.network import DSTCarbonFormer
+from carbongeo.stages.freshness import check_split, check_tiles
 from carbongeo.stages.tile import TileIndex, load_index
 from carbongeo.store.checkpoint import (
     FORMAT,
@@ -513,7 +514,9 @@ class _Trainer:
 
         self.index = load_index(config.tiles_dir)
         _check_tiles(self.index, config)
+        check_tiles(config, self.index)
         split = load_split(config.tiles_dir)
+        check_split(config, split)
         self.years = [y for y in config.years if y != split.holdout_year]
         if not split.train:
             raise CarbongeoError("the split has no train tiles; rerun: carbongeo split")

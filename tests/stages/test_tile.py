@@ -131,7 +131,7 @@ def test_cubes_and_index(tiled: PipelineConfig) -> None:
     }
     assert index["target"] == {"units": "t CO2 / cell / yr", "kind": "extensive"}
     assert index["has_coarse"] is False and index["nodata"] == "NaN"
-    assert index["config_hash"] == tiled.data_hash()
+    assert index["config_hash"] == tiled.tiles_hash()
     grid = Grid.from_dict(index["grid"])
     assert (grid.height, grid.width, grid.tile_size, grid.scale) == (HEIGHT, WIDTH, 64, 8)
     assert len(index["tiles"]) == 24
