@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import os
 import re
 import tomllib
@@ -27,6 +28,12 @@ TRANSFORMS: tuple[str, ...] = ("none", "log1p")
 FFT_FILTERS: tuple[str, ...] = ("ideal", "butterworth", "gaussian")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 DEFAULT_CONFIG_NAME = "carbongeo.toml"
+TILE_SECTIONS: tuple[str, ...] = ("grid", "target", "coarse", "aux")
+"""The sections of the pipeline file that the year cubes depend on."""
+MODEL_DIM_RANGE = (4, 1024)
+"""Allowed ``model.dim``: the network needs a multiple of 4; beyond 1024 it cannot be allocated
+on ordinary machines (the full model has 48)."""
+MODEL_MAX_DEPTH = 64
 
 
 @dataclass(frozen=True)
@@ -56,11 +63,11 @@ class SourceConfig:
     @property
     def is_static(self) -> bool:
         """True when the path has no ``{year}``: the same raster is used for every year."""
-        return "{year}" not in self.path
+        return _YEAR_FIELD.search(self.path) is None
 
     def path_for(self, year: int) -> Path:
-        """The file of ``year``."""
-        return Path(self.path.replace("{year}", str(year)))
+        """The file of ``year``: ``{year}`` becomes e.g. ``2014``, ``{year:05d}`` ``02014``."""
+        return Path(_YEAR_FIELD.sub(lambda m: format(year, m.group(1) or ""), self.path))
 
 
 @dataclass(frozen=True)
@@ -212,7 +219,17 @@ class PipelineConfig:
 
     def data_hash(self) -> str:
         """A short hash of what determines the data and model (not paths or training knobs)."""
-        keys = ("grid", "target", "coarse", "aux", "model")
+        return self._hash(("grid", "target", "coarse", "aux", "model"))
+
+    def tiles_hash(self) -> str:
+        """A short hash of the sections the year cubes are made from (``tiles/index.json``)."""
+        return self._hash(TILE_SECTIONS)
+
+    def split_hash(self) -> str:
+        """A short hash of what ``tiles/split.json`` is made from: the tiles and ``[split]``."""
+        return self._hash((*TILE_SECTIONS, "split"))
+
+    def _hash(self, keys: Sequence[str]) -> str:
         text = repr({k: self.raw.get(k) for k in keys})
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -307,7 +324,7 @@ def _build(cls: type, table: object, where: str) -> Any:
         elif isinstance(default, int):
             values[key] = _typed(table, key, int, where)
         elif isinstance(default, float):
-            values[key] = _typed(table, key, float, where)
+            values[key] = _finite(_typed(table, key, float, where), f"{where}{key}")
         elif isinstance(default, str):
             values[key] = _typed(table, key, str, where)
         else:
@@ -315,9 +332,20 @@ def _build(cls: type, table: object, where: str) -> Any:
     return cls(**values)
 
 
+def _finite(value: float, key: str) -> float:
+    if not math.isfinite(value):
+        raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+    return value
+
+
 def _positive(value: float, key: str) -> None:
     if value <= 0:
         raise ConfigError(f"{key}: must be > 0, got {value}")
+
+
+def _non_negative(value: float, key: str) -> None:
+    if value < 0:
+        raise ConfigError(f"{key}: must be >= 0, got {value}")
 
 
 def _resolve_path(raw: object, base: Path, key: str) -> str:
@@ -329,6 +357,28 @@ def _resolve_path(raw: object, base: Path, key: str) -> str:
 
 
 _SOURCE_KEYS = ("name", "path", "kind", "transform", "units", "nodata", "band")
+# {year}, optionally with a format spec for integers ({year:04d}, {year:>6}); any other {name}
+# in a path is refused as a typo.
+_YEAR_FIELD = re.compile(r"\{year(?::([^{}]*))?\}")
+_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::[^{}]*)?\}")
+
+
+def _check_year_fields(path: str, key: str) -> None:
+    """Refuse placeholders other than ``{year}`` and year formats that do not apply to an int."""
+    for match in _FIELD.finditer(path):
+        if match.group(1) != "year":
+            raise ConfigError(
+                f"{key}: unknown placeholder {match.group(0)!r}; only {{year}} is expanded "
+                "(optionally with a format such as {year:04d})"
+            )
+    for match in _YEAR_FIELD.finditer(path):
+        try:
+            format(2014, match.group(1) or "")
+        except ValueError as err:
+            raise ConfigError(
+                f"{key}: {match.group(0)!r} is not a year format ({err}); write {{year}} or e.g. "
+                "{year:04d}"
+            ) from None
 
 
 def _source(table: object, base: Path, where: str, *, name: str | None) -> SourceConfig:
@@ -358,6 +408,7 @@ def _source(table: object, base: Path, where: str, *, name: str | None) -> Sourc
     if band < 1:
         raise ConfigError(f"{where}band: bands are numbered from 1, got {band}")
     units = _typed(table, "units", str, where) if "units" in table else ""
+    _check_year_fields(str(table["path"]), f"{where}path")
     return SourceConfig(
         name=name,
         path=_resolve_path(table["path"], base, f"{where}path"),
@@ -406,7 +457,7 @@ def load_config(path: str | Path, *, check_files: bool = False) -> PipelineConfi
             path=path,
         )
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark is fine
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not valid TOML ({err})") from err
     return parse_config(raw, path.resolve().parent, path=path.resolve(), check_files=check_files)
@@ -437,18 +488,33 @@ def parse_config(
         b = grid.bounds
         if not (isinstance(b, list) and len(b) == 4 and all(isinstance(v, int | float) for v in b)):
             raise ConfigError("grid.bounds: expected [xmin, ymin, xmax, ymax] numbers")
+        if not all(math.isfinite(v) for v in b):
+            raise ConfigError(f"grid.bounds: expected four finite numbers, got {b!r}")
         grid = dataclasses.replace(grid, bounds=tuple(float(v) for v in b))
     if grid.crs is not None and not isinstance(grid.crs, str):
         raise ConfigError(f'grid.crs: expected a CRS string like "EPSG:32650", got {grid.crs!r}')
     if grid.resolution is not None:
         if isinstance(grid.resolution, bool) or not isinstance(grid.resolution, int | float):
             raise ConfigError(f"grid.resolution: expected a number, got {grid.resolution!r}")
-        grid = dataclasses.replace(grid, resolution=float(grid.resolution))
+        grid = dataclasses.replace(
+            grid, resolution=_finite(float(grid.resolution), "grid.resolution")
+        )
     overrides = [grid.crs is not None, grid.resolution is not None, grid.bounds is not None]
     if any(overrides) and not all(overrides):
         raise ConfigError("grid: give crs, resolution and bounds together (or none of them)")
     if grid.resolution is not None:
         _positive(grid.resolution, "grid.resolution")
+    if grid.resolution is not None and grid.bounds is not None:
+        xmin, ymin, xmax, ymax = grid.bounds
+        side = max(xmax - xmin, ymax - ymin) / grid.resolution
+        from carbongeo.grid import MAX_SIDE  # grid imports numpy: not at import time
+
+        if not side <= MAX_SIDE:  # also catches inf from a denormal resolution
+            raise ConfigError(
+                f"grid.resolution: {grid.resolution} over grid.bounds gives {side:.3g} pixels "
+                f"per side (at most {MAX_SIDE}); check that it is in the units of grid.crs "
+                "(metres or degrees)"
+            )
 
     target = _source(raw["target"], base, "target.", name="target")
     if target.kind != "extensive":
@@ -475,15 +541,19 @@ def parse_config(
     if not (
         isinstance(ratios, list | tuple)
         and len(ratios) == 3
-        and all(isinstance(r, int | float) and r >= 0 for r in ratios)
+        and all(isinstance(r, int | float) and math.isfinite(r) and r >= 0 for r in ratios)
         and sum(ratios) > 0
     ):
-        raise ConfigError("split.ratios: expected three non-negative numbers [train, val, test]")
+        raise ConfigError(
+            "split.ratios: expected three finite non-negative numbers [train, val, test], got "
+            f"{ratios!r}"
+        )
     split = dataclasses.replace(split, ratios=tuple(float(r) / sum(ratios) for r in ratios))
     if not 0 <= split.min_valid_fraction <= 1:
         raise ConfigError("split.min_valid_fraction: must be between 0 and 1")
     if split.block_tiles < 1 or split.buffer_tiles < 0:
         raise ConfigError("split.block_tiles must be >= 1 and split.buffer_tiles >= 0")
+    _non_negative(split.seed, "split.seed")
     if split.holdout_year is not None:
         if isinstance(split.holdout_year, bool) or not isinstance(split.holdout_year, int):
             raise ConfigError("split.holdout_year: expected a year (integer)")
@@ -491,8 +561,13 @@ def parse_config(
             raise ConfigError(f"split.holdout_year: {split.holdout_year} is not in years")
 
     model = _build(ModelConfig, raw.get("model", {}), "model.")
-    _positive(model.dim, "model.dim")
-    _positive(model.depth, "model.depth")
+    if not (MODEL_DIM_RANGE[0] <= model.dim <= MODEL_DIM_RANGE[1] and model.dim % 4 == 0):
+        raise ConfigError(
+            f"model.dim: must be a multiple of 4 from {MODEL_DIM_RANGE[0]} to "
+            f"{MODEL_DIM_RANGE[1]}, got {model.dim} (tiny 8, default 32, full 48)"
+        )
+    if not 1 <= model.depth <= MODEL_MAX_DEPTH:
+        raise ConfigError(f"model.depth: must be from 1 to {MODEL_MAX_DEPTH}, got {model.depth}")
     if model.fft_filter not in FFT_FILTERS:
         raise ConfigError(
             f"model.fft_filter: {model.fft_filter!r} is not one of {', '.join(FFT_FILTERS)}"
@@ -505,6 +580,8 @@ def parse_config(
         raise ConfigError(f"train.device: {train.device!r} is not one of {', '.join(DEVICES)}")
     if train.num_workers < 0 or train.warmup_epochs < 0 or train.patience < 0:
         raise ConfigError("train.num_workers, train.warmup_epochs and train.patience must be >= 0")
+    _non_negative(train.weight_decay, "train.weight_decay")
+    _non_negative(train.seed, "train.seed")
 
     loss = _build(LossConfig, raw.get("loss", {}), "loss.")
     for f in dataclasses.fields(LossConfig):

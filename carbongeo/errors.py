@@ -107,3 +107,11 @@ class WorkerError(CarbongeoError):
 
 class UnitsError(CarbongeoError):
     """Units cannot be read or converted (e.g. an emission unit without a mass)."""
+
+
+class DivergenceError(CarbongeoError):
+    """Training diverged, or weights or predictions are not finite (NaN or inf)."""
+
+
+class StaleInputError(CarbongeoError):
+    """A stage's input was made from another version of the pipeline file; rerun its command."""

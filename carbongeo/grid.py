@@ -23,9 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from affine import Affine
 
 from carbongeo.errors import GridError, InputDataError
+
+MAX_SIDE = 1 << 24
+"""Most pixels per side of a grid (a 30 m grid of the whole globe has 1.3 million)."""
+SMALL_TILE = 256
+"""Tiles up to this side are always accepted; larger ones only up to twice the scene's side."""
 
 
 @dataclass(frozen=True)
@@ -128,9 +134,16 @@ class Grid:
             raise GridError(
                 f"grid.bounds must be [xmin, ymin, xmax, ymax] with min < max: {bounds}"
             )
+        columns, rows = (xmax - xmin) / res_x, (ymax - ymin) / res_y
+        if not (math.isfinite(columns) and math.isfinite(rows)) or max(columns, rows) > MAX_SIDE:
+            raise GridError(
+                f"grid.resolution: {resolution} over grid.bounds gives {rows:.3g} x {columns:.3g} "
+                f"pixels (at most {MAX_SIDE} per side); check that the resolution is in the units "
+                "of grid.crs (metres or degrees)"
+            )
         # A tiny tolerance keeps exact multiples from gaining a spurious extra pixel.
-        width = math.ceil((xmax - xmin) / res_x - 1e-9)
-        height = math.ceil((ymax - ymin) / res_y - 1e-9)
+        width = math.ceil(columns - 1e-9)
+        height = math.ceil(rows - 1e-9)
         transform = Affine(res_x, 0.0, xmin, 0.0, -res_y, ymax)
         return cls(crs, transform, height, width, tile_size, scale)
 
@@ -149,6 +162,25 @@ class Grid:
                 return cls(src.crs.to_wkt(), src.transform, src.height, src.width, tile_size, scale)
         except rasterio.errors.RasterioIOError as err:
             raise InputDataError(f"{path}: cannot open raster ({err})") from err
+
+    def check_tile_size(self) -> None:
+        """Refuse a tile side far beyond the scene, whose cubes would be almost all padding.
+
+        Tiles up to :data:`SMALL_TILE` pixels are always fine; larger ones up to twice the
+        scene's larger side.
+
+        Raises:
+            GridError: Naming ``grid.tile_size`` and the largest side that fits.
+        """
+        limit = max(SMALL_TILE, 2 * max(self.height, self.width))
+        if self.tile_size > limit:
+            padded = self.tile_rows * self.tile_cols * self.tile_size**2
+            share = 1 - self.height * self.width / padded
+            raise GridError(
+                f"grid.tile_size: {self.tile_size} px tiles on a {self.height} x {self.width} px "
+                f"scene would be {100 * share:.1f}% padding; use a tile_size of at most {limit} "
+                "(a multiple of grid.scale)"
+            )
 
     # ----------------------------------------------------------------- derived geometry
     @property
@@ -193,6 +225,31 @@ class Grid:
         """The coarse grid over the padded scene, as a Grid (tile size 1, scale 1)."""
         rows, cols = self.coarse_shape
         return Grid(self.crs, self.coarse_transform, rows, cols, tile_size=1, scale=1)
+
+    @property
+    def cuts_coarse_cells(self) -> bool:
+        """True when the scene edge cuts the last row or column of coarse cells."""
+        return bool(self.height % self.scale or self.width % self.scale)
+
+    def coarse_inside_share(self, cells: Window) -> np.ndarray:
+        """The share of each coarse cell of ``cells`` that lies inside the (unpadded) scene.
+
+        1 for whole cells, ``k / scale`` per axis for the cells the scene edge cuts after ``k``
+        pixels, 0 for cells in the padding. A coarse product carries only this share of a cut
+        cell's mass onto the scene, so the pixels inside never receive mass from outside it.
+
+        Args:
+            cells: A window of the coarse grid (cells of ``scale x scale`` pixels).
+
+        Returns:
+            float32 ``[cells.height, cells.width]``.
+        """
+        s = self.scale
+        rows = np.arange(cells.row, cells.row + cells.height) * s
+        cols = np.arange(cells.col, cells.col + cells.width) * s
+        share_rows = np.clip(self.height - rows, 0, s) / s
+        share_cols = np.clip(self.width - cols, 0, s) / s
+        return np.outer(share_rows, share_cols).astype(np.float32)
 
     def window_transform(self, window: Window) -> Affine:
         """Affine transform of a window's upper-left pixel."""

@@ -24,19 +24,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
+import signal
 import sys
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, NoReturn
+from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import dask
 from dask.callbacks import Callback
 from dask.delayed import Delayed
 from tqdm import tqdm
 
-from carbongeo.errors import ClusterError, ParameterError
+from carbongeo.errors import CarbongeoError, ClusterError, ParameterError
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 LOCAL_SCHEDULERS: tuple[str, ...] = (
     "threads",
@@ -59,6 +65,68 @@ def worker_count(workers: int | None) -> int:
     if workers is not None and workers < 0:
         raise ParameterError(f"must be >= 0 (0: one per CPU), got {workers}", param="workers")
     return workers or os.cpu_count() or 1
+
+
+def check_scheduler(scheduler: str | None) -> None:
+    """Refuse a ``scheduler`` that is neither a local scheduler name nor a dask address.
+
+    Raises:
+        ClusterError: One line naming ``scheduler`` and what it accepts.
+    """
+    if scheduler is None or scheduler in (*LOCAL_SCHEDULERS, "distributed"):
+        return
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    try:
+        protocol, location = parse_address(scheduler)
+        if protocol in ("tcp", "tls", "ws", "wss", "ucx"):
+            parse_host_port(location)
+    except (ValueError, TypeError) as err:
+        raise ClusterError(
+            f"cannot connect to the dask scheduler at {scheduler!r}: not an address ({err}); "
+            "give e.g. "
+            f"tcp://HOST:8786, or one of {', '.join((*LOCAL_SCHEDULERS, 'distributed'))}",
+            param="scheduler",
+        ) from None
+
+
+def check_options(scheduler: str | None, workers: int | None) -> None:
+    """Check ``scheduler`` and ``workers`` before any work starts (one line each).
+
+    Raises:
+        ParameterError: A bad scheduler address or a negative worker count.
+    """
+    check_scheduler(scheduler)
+    worker_count(workers)
+
+
+def picklable_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Make a task's CarbongeoError reach the submitting process as itself.
+
+    dask.distributed sends a task's exception back pickled with its causes; a cause such as a
+    GDAL error does not unpickle, and the user then got ``Exception: InputDataError(...)`` with a
+    traceback instead of one line. The error is raised again without its causes.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except CarbongeoError as err:
+            error = err
+        raise _bare_copy(error)  # outside the handler: no cause, no context
+
+    return wrapper
+
+
+def _bare_copy(error: CarbongeoError) -> CarbongeoError:
+    import copy
+
+    clone = copy.copy(error)
+    clone.__cause__ = None
+    clone.__context__ = None
+    clone.__traceback__ = None
+    return clone
 
 
 def run_tasks(
@@ -91,6 +159,7 @@ def run_tasks(
             lost, or the workers died while running a task.
         Exception: Whatever a task raised, unchanged.
     """
+    check_scheduler(scheduler)
     count = worker_count(workers)
     local_threads = scheduler is None and workers is None
     with tqdm(total=len(tasks), desc=desc, unit=unit, file=sys.stderr, disable=not progress) as bar:
@@ -122,22 +191,12 @@ def _run_distributed(
     tasks: Sequence[Delayed], scheduler: str | None, count: int, bar: tqdm, timeout_s: float
 ) -> list[Any]:
     # Importing distributed sets up its logging: import it before quieting it.
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_quiet_distributed())
+        stack.enter_context(quiet_distributed())
         if scheduler is None or scheduler == "distributed":
-            cluster = LocalCluster(
-                n_workers=count,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=None,
-                # No dashboard; the scheduler's small HTTP server (health checks) takes a free
-                # local port instead of 8787, which another cluster may hold (that warns).
-                scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-            )
-            stack.callback(cluster.close)
-            client = Client(cluster, timeout=timeout_s)
+            client = stack.enter_context(_local_client(count, timeout_s))
             where = "the local dask cluster"
         else:
             _probe(scheduler, timeout_s)
@@ -232,12 +291,108 @@ def _raise_failure(future: Any, where: str) -> NoReturn:
 
 
 @contextlib.contextmanager
-def _quiet_distributed() -> Iterator[None]:
-    """Keep dask.distributed's INFO chatter (workers starting, ...) out of the user's log."""
+def _local_client(count: int, timeout_s: float) -> Iterator[Any]:
+    """A client of a local cluster of ``count`` single-threaded worker processes.
+
+    The workers are started under :func:`silent_workers`, with a Ctrl-C meanwhile deferred until
+    the cluster is up (an interrupted start leaves a half-built cluster that dask closes, loudly,
+    only at exit); the client and the cluster are closed when the block ends, and a Ctrl-C then
+    surfaces as :class:`KeyboardInterrupt` (one line and exit status 130 in the CLI).
+    """
+    from distributed import Client, LocalCluster
+
+    with contextlib.ExitStack() as stack:
+        with silent_workers(), _deferred_interrupt() as interrupted:
+            try:
+                cluster = LocalCluster(
+                    n_workers=count,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=None,
+                    # No dashboard; the scheduler's small HTTP server (health checks) takes a
+                    # free local port instead of 8787, which another cluster may hold (that warns).
+                    scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                )
+            except Exception:
+                if interrupted:  # the workers died of the same Ctrl-C
+                    raise KeyboardInterrupt from None
+                raise
+            stack.callback(cluster.close)
+            client = Client(cluster, timeout=timeout_s)
+            stack.callback(client.close)
+        if interrupted:
+            raise KeyboardInterrupt
+        yield client
+
+
+@contextlib.contextmanager
+def silent_workers() -> Iterator[None]:
+    """Start worker processes in the block: nothing they print reaches the terminal.
+
+    A terminal sends Ctrl-C to the whole process group, so the workers are interrupted with this
+    process, while they start or compute, and each prints a traceback; they also log their own
+    chatter. Processes spawned in the block inherit a standard error that goes nowhere (this
+    process's own is restored when the block ends) and a dask logging level of ``critical``.
+    Their failures still reach this process through the futures. With carbongeo logging at INFO
+    nothing is hidden.
+    """
+    if logging.getLogger("carbongeo").getEffectiveLevel() <= logging.INFO:
+        yield
+        return
+    with _environment({_WORKER_LOG_LEVEL: "critical"}):
+        sys.stderr.flush()
+        saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+@contextlib.contextmanager
+def _deferred_interrupt() -> Iterator[list[bool]]:
+    """Record a Ctrl-C in the block instead of raising it; yields a list that is then non-empty."""
+    seen: list[bool] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield seen
+        return
+    previous = signal.signal(signal.SIGINT, lambda *_: seen.append(True))
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def quiet_distributed() -> Iterator[None]:
+    """Only critical messages from dask.distributed during the block (warnings too with INFO)."""
     logger = logging.getLogger("distributed")
     level = logger.level
-    logger.setLevel(max(level, logging.WARNING))
+    verbose = logging.getLogger("carbongeo").getEffectiveLevel() <= logging.INFO
+    logger.setLevel(max(level, logging.WARNING if verbose else logging.CRITICAL))
     try:
         yield
     finally:
         logger.setLevel(level)
+
+
+# dask reads its configuration from DASK_* variables when a worker process imports it.
+_WORKER_LOG_LEVEL = "DASK_LOGGING__DISTRIBUTED"
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -84,6 +84,20 @@ class CarbongeoCommand(click.Command):
         super().__init__(*args, **kwargs)
         self.params.extend(verbosity_params())
 
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        """Run the command line; a usage error (unknown option, bad value) is one line too."""
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.ClickException as err:
+            if type(err).__name__ == "NoArgsIsHelpError":  # a bare command shows its help
+                err.show()
+            else:
+                click.echo(_usage_line(err), err=True)
+            sys.exit(err.exit_code)
+        except click.exceptions.Abort:
+            click.echo("carbongeo: interrupted", err=True)
+            sys.exit(130)
+
     def invoke(self, ctx: click.Context) -> Any:
         configure_logging(verbosity(ctx))
         try:

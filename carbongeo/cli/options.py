@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import click
 from click.core import ParameterSource
 
+from carbongeo.cli.quiet import quiet_libraries
 from carbongeo.config import DEFAULT_CONFIG_NAME, DEVICES, parse_years
 from carbongeo.errors import ConfigError
 
@@ -219,6 +220,7 @@ def configure_logging(level_of_detail: int) -> None:
         level_of_detail, logging.DEBUG
     )
     logging.basicConfig(level=level, format="carbongeo: %(levelname)s: %(message)s")
+    quiet_libraries(level_of_detail)
 
 
 # --------------------------------------------------------------------------- messages

@@ -1,10 +1,17 @@
 """Atomic file writes: write to a temporary name in the same folder, then rename.
 
 A reader never sees a half-written output: every file is written under a hidden temporary name
-next to its final path (``.<stem>.tmp-<pid><suffix>``, e.g. ``.X_2014.tmp-4242.npy``) and moved
-into place with :func:`os.replace`, which is atomic on POSIX and Windows when both names are on
-the same file system. On error the temporary file is removed. :class:`AtomicGroup` commits several
-files together (e.g. the cubes of one tiling run), so a failure leaves none of them behind.
+next to its final path and moved into place with :func:`os.replace`, which is atomic on POSIX and
+Windows when both names are on the same file system. On error the temporary file is removed.
+:class:`AtomicGroup` commits several files together (e.g. the cubes of one tiling run), so a
+failure leaves none of them behind.
+
+Temporary names are safe on storage shared by several hosts: ``.<stem>.tmp-<writer><suffix>``,
+where the writer is ``<host>-<pid>-<token>``, e.g. ``.X_2014.tmp-node7_4026531836-42-9f3a1c2b.npy``:
+the host name with the PID namespace, the process id and a random token of the process. A
+leftover temporary is removed as stale only when it is certainly dead: written on this host (and
+PID namespace) by a process that no longer runs, or, from anywhere else, not modified for
+:data:`FOREIGN_TEMP_MAX_AGE` seconds; a process id from another host means nothing here.
 
 Every ``OSError`` raised while writing becomes an :class:`~carbongeo.errors.OutputError` naming the
 file, so the CLI prints one line.
@@ -16,7 +23,10 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -24,17 +34,49 @@ from typing import Any
 
 from carbongeo.errors import OutputError
 
-_TEMP_NAME = re.compile(r"^\..+\.tmp-(\d+)(\.[^.]+)?$")
+# .<stem>.tmp-<host>-<pid>-<token><suffix>, and the older .<stem>.tmp-<pid><suffix>.
+_TEMP_NAME = re.compile(
+    r"^\..+\.tmp-(?:(?P<host>[A-Za-z0-9_.]+)-(?P<pid>\d+)-(?P<token>[0-9a-f]{8})"
+    r"|(?P<old_pid>\d+))(\.[^.]+)?$"
+)
+FOREIGN_TEMP_MAX_AGE = 24 * 3600.0
+"""Seconds without modification after which a temporary file of another host (or of an older
+carbongeo that did not name its host) counts as abandoned."""
+
+_token: tuple[int, str] | None = None
+
+
+def host_id() -> str:
+    """This host and PID namespace, as a file-name-safe string: ``<hostname>_<pid namespace>``.
+
+    Two containers on one machine may share a host name but not their process ids, so the PID
+    namespace (its inode on Linux) is part of the host.
+    """
+    name = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname() or "host")[:48] or "host"
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")  # "pid:[4026531836]"
+    except OSError:
+        return name
+    return f"{name}_{re.sub(r'[^0-9]', '', namespace)}"
+
+
+def writer_id() -> str:
+    """``<host>-<pid>-<token>``: this process, unique across the hosts sharing a folder."""
+    global _token
+    pid = os.getpid()
+    if _token is None or _token[0] != pid:  # a forked child draws its own token
+        _token = (pid, secrets.token_hex(4))
+    return f"{host_id()}-{pid}-{_token[1]}"
 
 
 def temp_path(path: str | Path) -> Path:
-    """The temporary name used while ``path`` is being written: ``.<stem>.tmp-<pid><suffix>``.
+    """The temporary name used while ``path`` is being written: ``.<stem>.tmp-<writer><suffix>``.
 
     The suffix is kept so that writers which choose a format (or append an extension) from the
     name, such as :func:`numpy.save` or GDAL, treat the temporary file like the final one.
     """
     path = Path(path)
-    return path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    return path.with_name(f".{path.stem}.tmp-{writer_id()}{path.suffix}")
 
 
 def output_error(path: str | Path, err: OSError) -> OutputError:
@@ -221,11 +263,29 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def is_stale_temp(path: Path, *, now: float | None = None) -> bool:
+    """Whether ``path`` is a temporary file whose writer is certainly gone.
+
+    Written on this host and PID namespace: its process no longer runs. Written elsewhere (or
+    with the older name without a host): not modified for :data:`FOREIGN_TEMP_MAX_AGE` seconds.
+    """
+    match = _TEMP_NAME.match(path.name)
+    if match is None:
+        return False
+    if match.group("host") == host_id():
+        return not _pid_alive(int(match.group("pid")))
+    try:
+        modified = path.stat().st_mtime
+    except OSError:
+        return False
+    return (time.time() if now is None else now) - modified > FOREIGN_TEMP_MAX_AGE
+
+
 def remove_stale_temps(folder: str | Path) -> list[Path]:
     """Delete temporary files left in ``folder`` by writers that are no longer running.
 
-    A file (or a folder, such as a Zarr store) counts as stale when its name has the form given
-    by :func:`temp_path` and no process with that id runs on this machine.
+    A file (or a folder, such as a Zarr store) counts as stale as :func:`is_stale_temp` says;
+    safe when several hosts share ``folder``.
 
     Returns:
         The files removed.
@@ -234,9 +294,9 @@ def remove_stale_temps(folder: str | Path) -> list[Path]:
     removed: list[Path] = []
     if not folder.is_dir():
         return removed
+    now = time.time()
     for entry in folder.iterdir():
-        match = _TEMP_NAME.match(entry.name)
-        if match and not _pid_alive(int(match.group(1))):
+        if is_stale_temp(entry, now=now):
             if entry.is_dir():  # a store written as a folder (Zarr)
                 shutil.rmtree(entry, ignore_errors=True)
             elif entry.is_file():

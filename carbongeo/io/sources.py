@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 import rasterio
 import rasterio.errors
+import rasterio.transform
 from affine import Affine
 from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
@@ -150,6 +151,9 @@ class SourceInfo:
             on the grid's pixel lattice, else None.
         nesting: How the source's lattice nests in the grid's (or the grid's in the source's)
             when one pixel size is an integer multiple of the other, else None.
+        frame: Where the source's pixels are placed for every geometric computation (see
+            :class:`Frame`); the region is expressed in it. Default: the file's own CRS and
+            transform.
     """
 
     meta: RasterMeta
@@ -161,6 +165,45 @@ class SourceInfo:
     pixel_ratio: float
     grid_offset: tuple[int, int] | None
     nesting: Nesting | None = None
+    frame: Frame | None = None
+
+    @property
+    def crs(self) -> str:
+        """The CRS the source's pixels are placed in (the frame's, else the file's)."""
+        return self.frame.crs if self.frame is not None else self.meta.crs
+
+    @property
+    def transform(self) -> Affine:
+        """The transform of the source's pixels in :attr:`crs`."""
+        return self.frame.transform if self.frame is not None else self.meta.transform
+
+    @property
+    def periodic(self) -> bool:
+        """True when the source's columns repeat (a global geographic source in a frame)."""
+        return self.frame is not None and self.frame.periodic
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A geographic source placed next to a grid that its longitudes do not meet directly.
+
+    A grid across the antimeridian (UTM zone 60 around 180 degrees), or a source that spells
+    longitudes 0..360 for a grid on -180..180 (or the reverse), has no overlap in the file's own
+    coordinates although both cover the same ground. The source is then placed in a geographic CRS
+    whose prime meridian is the grid's central longitude: the grid's region lies near longitude 0,
+    where no transformation wraps, and the file's columns are shifted by whole turns to meet it. A
+    global source (exactly 360 degrees wide) is periodic: its columns repeat, so a region across
+    the file's edge reads both ends.
+
+    Attributes:
+        crs: The frame's CRS (PROJ string of the source's datum with ``+pm`` at the centre).
+        transform: The source's pixels in that CRS.
+        periodic: The columns repeat every ``width`` pixels.
+    """
+
+    crs: str
+    transform: Affine
+    periodic: bool = False
 
 
 @dataclass(frozen=True)
@@ -218,10 +261,65 @@ def open_raster(source: RasterSource) -> Iterator[DatasetReader]:
                 dataset = rasterio.open(sub)
             except rasterio.errors.RasterioIOError as err:
                 raise InputDataError(f"{source.label}: cannot open {sub}: {err}") from err
+    warped = _gcp_warp(source, dataset)
     try:
-        yield dataset
+        yield warped if warped is not None else dataset
     finally:
+        if warped is not None:
+            warped.close()
         dataset.close()
+
+
+# Largest misfit, in pixels, of an affine transform fitted to a raster's GCPs for the GCPs to be
+# read as that transform (exactly, without resampling); beyond it the raster is warped.
+_GCP_AFFINE_TOLERANCE = 0.01
+
+
+def _gcp_affine(dataset: DatasetReader) -> tuple[CRS, Affine] | None:
+    """The CRS and affine transform of a raster georeferenced only by GCPs that fit an affine."""
+    if dataset.crs is not None:
+        return None
+    gcps, gcp_crs = dataset.gcps
+    if len(gcps) < 3 or gcp_crs is None:
+        return None
+    fitted = rasterio.transform.from_gcps(gcps)
+    inverse = ~fitted
+    misfit = max(
+        math.hypot(col - g.col, row - g.row) for g in gcps for col, row in [inverse @ (g.x, g.y)]
+    )
+    return (gcp_crs, fitted) if misfit <= _GCP_AFFINE_TOLERANCE else None
+
+
+def _gcp_warp(source: RasterSource, dataset: DatasetReader) -> WarpedVRT | None:
+    """A GCP-only raster whose GCPs do not fit an affine, warped north-up through its GCPs."""
+    if dataset.crs is not None or _gcp_affine(dataset) is not None:
+        return None
+    gcps, gcp_crs = dataset.gcps
+    if len(gcps) < 3 or gcp_crs is None:
+        return None
+    try:
+        return WarpedVRT(
+            dataset,
+            src_crs=gcp_crs,
+            resampling=resampling_for(source.kind, 1.0),
+            tolerance=_TOLERANCE,
+        )
+    except (rasterio.errors.RasterioError, CPLE_BaseError) as err:
+        raise InputDataError(
+            f"{source.label}: cannot warp the raster through its ground control points ({err})"
+        ) from err
+
+
+def _cf_geographic(dataset: DatasetReader) -> bool:
+    """Whether a raster without CRS has CF longitude/latitude coordinates (and a transform)."""
+    if dataset.transform == Affine.identity():
+        return False
+    tags = {k.lower(): str(v).lower() for k, v in dataset.tags().items()}
+    units = {v for k, v in tags.items() if k.endswith("#units")}
+    names = {v for k, v in tags.items() if k.endswith("#standard_name")}
+    east = bool(units & {"degrees_east", "degree_east", "degrees_e"}) or "longitude" in names
+    north = bool(units & {"degrees_north", "degree_north", "degrees_n"}) or "latitude" in names
+    return east and north
 
 
 def _pick_subdataset(source: RasterSource, subdatasets: list[str]) -> str:
@@ -239,12 +337,19 @@ def _pick_subdataset(source: RasterSource, subdatasets: list[str]) -> str:
 
 
 def _meta(source: RasterSource, dataset: DatasetReader) -> RasterMeta:
-    if dataset.crs is None:
+    crs, transform = dataset.crs, dataset.transform
+    gcp = _gcp_affine(dataset)
+    if gcp is not None:
+        crs, transform = gcp  # the GCPs are this transform: read the pixels as they are
+    elif crs is None and _is_netcdf(source.path) and _cf_geographic(dataset):
+        # CF lat/lon coordinates without a grid_mapping: geographic, on WGS 84 by convention.
+        crs = _crs("EPSG:4326")
+    if crs is None:
         if _is_netcdf(source.path):
             raise InputDataError(
                 f"{source.label}: no georeferencing found; the variable needs CF coordinates "
-                "(lat/lon or x/y with a grid_mapping variable), or convert it to a GeoTIFF with "
-                "gdal_translate -a_srs EPSG:4326 -a_ullr ..."
+                "(lat/lon in degrees, or x/y with a grid_mapping variable), or convert it to a "
+                "GeoTIFF with gdal_translate -a_srs EPSG:4326 -a_ullr ..."
             )
         raise InputDataError(
             f"{source.label}: raster has no CRS; assign one, e.g. gdal_edit.py -a_srs EPSG:4326 "
@@ -259,8 +364,8 @@ def _meta(source: RasterSource, dataset: DatasetReader) -> RasterMeta:
     scales = dataset.scales or (1.0,) * dataset.count
     offsets = dataset.offsets or (0.0,) * dataset.count
     return RasterMeta(
-        crs=dataset.crs.to_wkt(),
-        transform=dataset.transform,
+        crs=crs.to_wkt(),
+        transform=transform,
         width=dataset.width,
         height=dataset.height,
         count=dataset.count,
@@ -356,7 +461,14 @@ def validate_source(source: RasterSource, grid: Grid) -> SourceInfo:
     meta = describe_source(source)
     same = _same_crs(meta.crs, grid.crs)
     grid_in_source = grid.bounds if same else _to_crs(source, grid.crs, meta.crs, grid.bounds)
-    if not _intersects(grid_in_source, meta.bounds):
+    frame = None if same else _geographic_frame(meta, grid_in_source)
+    source_bounds = meta.bounds
+    if frame is not None:
+        grid_in_source = _to_crs(source, grid.crs, frame.crs, grid.bounds)
+        source_bounds = _affine_bounds(frame.transform, meta.width, meta.height)
+        if frame.periodic:
+            source_bounds = (-math.inf, source_bounds[1], math.inf, source_bounds[3])
+    if not _intersects(grid_in_source, source_bounds):
         raise _no_overlap(source, meta.bounds, grid_in_source)
     # Grow by a few source pixels so that the region holds every pixel touching the grid.
     pad_x = 4 * (abs(meta.transform.a) + abs(meta.transform.b))
@@ -368,12 +480,13 @@ def validate_source(source: RasterSource, grid: Grid) -> SourceInfo:
         grid_in_source[3] + pad_y,
     )
     region = (
-        max(meta.bounds[0], grown[0]),
-        max(meta.bounds[1], grown[1]),
-        min(meta.bounds[2], grown[2]),
-        min(meta.bounds[3], grown[3]),
+        max(source_bounds[0], grown[0]),
+        max(source_bounds[1], grown[1]),
+        min(source_bounds[2], grown[2]),
+        min(source_bounds[3], grown[3]),
     )
-    footprint = region if same else _to_crs(source, meta.crs, grid.crs, region)
+    crs = frame.crs if frame is not None else meta.crs
+    footprint = region if same else _to_crs(source, crs, grid.crs, region)
     if not _intersects(footprint, grid.bounds):
         raise _no_overlap(source, meta.bounds, grid_in_source)
     pixel_area = abs(meta.transform.a * meta.transform.e - meta.transform.b * meta.transform.d)
@@ -385,12 +498,52 @@ def validate_source(source: RasterSource, grid: Grid) -> SourceInfo:
         grid_crs=grid.crs,
         same_crs=same,
         region=region,
-        complete=_contains(grown, meta.bounds),
+        complete=_contains(grown, source_bounds),
         footprint=footprint,
         pixel_ratio=math.sqrt(footprint_area / max(region_pixels, 1e-12)) / grid_pixel,
         grid_offset=_lattice_offset(meta, grid) if same else None,
         nesting=_nesting(meta, grid) if same else None,
+        frame=frame,
     )
+
+
+_TURN = 360.0
+
+
+def _geographic_frame(meta: RasterMeta, grid_in_source: Bounds) -> Frame | None:
+    """The :class:`Frame` of a geographic source whose longitudes do not meet the grid's directly.
+
+    ``grid_in_source`` is the grid's bounds in the source CRS; a west edge east of the east edge
+    means the grid crosses the antimeridian. None when the source's own coordinates serve (the
+    grid's longitudes lie inside the source's, or the source is not geographic).
+    """
+    src = meta.transform
+    if src.b != 0 or src.d != 0 or not _crs(meta.crs).is_geographic:
+        return None
+    west, east = grid_in_source[0], grid_in_source[2]
+    crossing = west > east
+    if crossing:
+        east += _TURN
+    if east - west >= _TURN / 2:
+        return None  # not a regional grid: no single turn places the source
+    left, right = meta.bounds[0], meta.bounds[2]
+    periodic = math.isclose(right - left, _TURN, rel_tol=1e-9)
+    if not crossing and left <= west and east <= right:
+        return None
+
+    def overlap(turns: float) -> float:
+        return min(east, right + turns) - max(west, left + turns)
+
+    shift = max((-_TURN, 0.0, _TURN), key=overlap)
+    if overlap(shift) <= 0 or (not crossing and shift == 0 and not periodic):
+        return None  # no overlap at all, or an ordinary partial one
+    proj4 = _crs(meta.crs).to_proj4()
+    if "+pm=" in proj4:
+        return None
+    centre = (west + east) / 2
+    frame_crs = f"{proj4} +pm={centre!r}".replace(" +type=crs", "")
+    transform = Affine.translation(shift - centre, 0.0) @ src
+    return Frame(crs=frame_crs, transform=transform, periodic=periodic)
 
 
 def _to_crs(source: RasterSource, src_crs: str, dst_crs: str, bounds: Bounds) -> Bounds:
@@ -473,12 +626,38 @@ def read_valid(
         invalid |= dataset.read_masks(source.band, window=window) == 0
     if np.issubdtype(raw.dtype, np.floating) or np.issubdtype(raw.dtype, np.complexfloating):
         invalid |= ~np.isfinite(raw)
-    with np.errstate(over="ignore"):  # float64 nodata such as -DBL_MAX; masked just below
+    with np.errstate(over="ignore", invalid="ignore"):  # e.g. float64 nodata -DBL_MAX; masked
         data = raw.astype(np.float32)
-    if meta.scale != 1.0 or meta.offset != 0.0:
-        data = data * np.float32(meta.scale) + np.float32(meta.offset)
+        if meta.scale != 1.0 or meta.offset != 0.0:
+            data = data * np.float32(meta.scale) + np.float32(meta.offset)
+    overflow = ~invalid & ~np.isfinite(data)
+    if overflow.any():
+        example = float(np.asarray(raw, dtype=np.float64)[overflow][0])
+        raise InputDataError(
+            f"{source.label}: {int(overflow.sum())} pixel(s) beyond the float32 range (e.g. "
+            f"{example:.4g}, limit 3.4e38); rescale the file (e.g. other units), or if the value "
+            "marks missing data declare it as this source's nodata"
+        )
     data[invalid] = np.nan
     return data
+
+
+def read_frame(
+    dataset: DatasetReader, source: RasterSource, info: SourceInfo, window: RioWindow
+) -> np.ndarray:
+    """:func:`read_valid` of a window of the source's frame: columns wrap for periodic sources."""
+    meta = info.meta
+    col, end = int(window.col_off), int(window.col_off + window.width)
+    if not info.periodic or (col >= 0 and end <= meta.width):
+        return read_valid(dataset, source, meta, window)
+    parts = []
+    while col < end:
+        start = col % meta.width
+        width = min(end - col, meta.width - start)
+        piece = RioWindow(start, window.row_off, width, window.height)
+        parts.append(read_valid(dataset, source, meta, piece))
+        col += width
+    return np.concatenate(parts, axis=1)
 
 
 # --------------------------------------------------------------------------- alignment
@@ -512,11 +691,11 @@ def _source_window(
     bounds = _affine_bounds(wt, window.width, window.height)
     if not info.same_crs:
         try:
-            bounds = transform_bounds(grid.crs, meta.crs, *bounds, densify_pts=21)
+            bounds = transform_bounds(grid.crs, _crs(info.crs), *bounds, densify_pts=21)
         except Exception:
             bounds = (math.nan,) * 4
     if all(math.isfinite(v) for v in bounds):
-        inverse = ~meta.transform
+        inverse = ~info.transform
         corners = [
             inverse @ (x, y)
             for x, y in (
@@ -540,8 +719,9 @@ def _source_window(
             f"{source.label}: part of the grid cannot be located in the source CRS; clip the "
             "grid (grid.bounds) or reproject the source closer to the grid's region"
         )
-    col0, row0 = max(col0, 0), max(row0, 0)
-    col1, row1 = min(col1, meta.width), min(row1, meta.height)
+    if not info.periodic:  # the columns of a periodic source repeat: nothing to clip
+        col0, col1 = max(col0, 0), min(col1, meta.width)
+    row0, row1 = max(row0, 0), min(row1, meta.height)
     if col1 <= col0 or row1 <= row0:
         return None
     return RioWindow(col0, row0, col1 - col0, row1 - row0)
@@ -614,8 +794,7 @@ def _warp(
     src_window = _source_window(source, info, grid, window)
     if src_window is None:
         return None
-    meta = info.meta
-    data = read_valid(dataset, source, meta, src_window)
+    data = read_frame(dataset, source, info, src_window)
     if not np.isfinite(data).any():
         return None
     # A ring of nodata around the window keeps GDAL's sum kernel away from the raster edge,
@@ -628,8 +807,8 @@ def _warp(
         "height": data.shape[0],
         "count": 1,
         "dtype": "float32",
-        "crs": _crs(meta.crs),
-        "transform": meta.transform
+        "crs": _crs(info.crs),
+        "transform": info.transform
         @ Affine.translation(src_window.col_off - 1, src_window.row_off - 1),
         "nodata": np.nan,
     }
@@ -794,42 +973,71 @@ def source_total(source: RasterSource, info: SourceInfo, bounds: Bounds) -> floa
                 window = RioWindow(
                     col0, row0, min(cols, meta.width - col0), min(rows, meta.height - row0)
                 )
-                window_transform = meta.transform @ Affine.translation(col0, row0)
-                seen = _affine_bounds(window_transform, window.width, window.height)
-                if not _intersects(seen, info.region):
-                    continue  # far from the grid (e.g. the rest of a global product)
-                data = read_valid(dataset, source, meta, window)
-                if whole_inside:
-                    total += float(np.nansum(data, dtype=np.float64))
-                else:
-                    total += _window_total(data, info, bounds, row0, col0)
+                data = None
+                # A periodic source's columns repeat: a pixel may meet the region one turn away
+                # (the region is narrower than a turn, so it meets it at most once).
+                for turn in _turns(info):
+                    window_transform = (
+                        Affine.translation(turn, 0.0)
+                        @ info.transform
+                        @ Affine.translation(col0, row0)
+                    )
+                    seen = _affine_bounds(window_transform, window.width, window.height)
+                    if not _intersects(seen, info.region):
+                        continue  # far from the grid (e.g. the rest of a global product)
+                    if data is None:
+                        data = read_valid(dataset, source, meta, window)
+                    if whole_inside:
+                        total += float(np.nansum(data, dtype=np.float64))
+                    else:
+                        total += _window_total(data, info, bounds, window_transform)
     return total
 
 
+def _turns(info: SourceInfo) -> tuple[float, ...]:
+    """Longitude shifts under which the source's pixels are seen (whole turns when periodic)."""
+    if not info.periodic:
+        return (0.0,)
+    return (-_TURN, 0.0, _TURN)
+
+
+def _clip_bounds(a: Bounds, b: Bounds) -> Bounds | None:
+    """The intersection of two boxes, or None when they do not overlap."""
+    out = (max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3]))
+    return out if out[0] < out[2] and out[1] < out[3] else None
+
+
 def _window_total(
-    data: np.ndarray, info: SourceInfo, bounds: Bounds, row0: int, col0: int
+    data: np.ndarray, info: SourceInfo, bounds: Bounds, window_transform: Affine
 ) -> float:
-    meta = info.meta
+    """Sum of the valid pixels of ``data`` (placed by ``window_transform``) centred in bounds."""
     height, width = data.shape
-    window_transform = meta.transform @ Affine.translation(col0, row0)
+    crs = _crs(info.crs)
     window_bounds = _affine_bounds(window_transform, width, height)
+    near = _clip_bounds(window_bounds, info.region)
+    if near is None:
+        return 0.0
     if not info.same_crs:
+        # Only the part of the window near the grid is projected: the rest of a global product
+        # has no reliable position in a regional CRS (PROJ fails on the far side of the globe).
         try:
-            window_bounds = transform_bounds(
-                meta.crs, info.grid_crs, *window_bounds, densify_pts=21
-            )
+            near = transform_bounds(crs, info.grid_crs, *near, densify_pts=21)
         except Exception:
-            window_bounds = (-math.inf, -math.inf, math.inf, math.inf)
-    if _contains(bounds, window_bounds):
+            near = (-math.inf, -math.inf, math.inf, math.inf)
+    if _contains(bounds, near) and _contains(info.region, window_bounds):
         return float(np.nansum(data, dtype=np.float64))
-    if not _intersects(bounds, window_bounds):
+    if not _intersects(bounds, near):
         return 0.0
     valid_rows, valid_cols = np.nonzero(np.isfinite(data))
     if valid_rows.size == 0:
         return 0.0
     xs, ys = window_transform @ (valid_cols + 0.5, valid_rows + 0.5)
-    if not info.same_crs:
-        xs, ys = transform(meta.crs, info.grid_crs, xs, ys)
+    xs, ys = np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
+    region = info.region
+    keep = (xs >= region[0]) & (xs <= region[2]) & (ys >= region[1]) & (ys <= region[3])
+    valid_rows, valid_cols, xs, ys = valid_rows[keep], valid_cols[keep], xs[keep], ys[keep]
+    if not info.same_crs and xs.size:
+        xs, ys = transform(crs, info.grid_crs, xs, ys)
     xs, ys = np.asarray(xs), np.asarray(ys)
     inside = (xs >= bounds[0]) & (xs < bounds[2]) & (ys > bounds[1]) & (ys <= bounds[3])
     return float(np.sum(data[valid_rows[inside], valid_cols[inside]], dtype=np.float64))

@@ -13,12 +13,15 @@ from typing import Any
 import numpy as np
 
 from carbongeo.config import PipelineConfig
+from carbongeo.stages.freshness import check_tiles
 from carbongeo.store.tiles import TileIndex, load_index, open_aux_target
 from carbongeo.training.normalization import RunningMoments
 
 PERCENTILES = (1, 50, 99)
 SAMPLE_PER_TILE = 512
 LOW_CORRELATION = 0.05
+HIGH_NODATA = 0.25
+"""Share of the target's valid pixels where an aux band is nodata above which ``check`` warns."""
 TOTAL_TOLERANCE = 1e-4
 
 
@@ -138,6 +141,7 @@ def check_data(
     """
     tiles_dir = config.tiles_dir
     index = load_index(tiles_dir)
+    check_tiles(config, index)
     chosen = years if years is not None else list(index.years)
     warnings: list[str] = []
     per_year: dict[int, dict[str, dict[str, Any]]] = {}
@@ -172,8 +176,10 @@ def _year_stats(tiles_dir: Path, index: TileIndex, year: int, seed: int) -> dict
     # pixels: emissions are heavy-tailed, and on raw values a few point sources decide r.
     co = np.zeros((len(bands), 5))  # n, sum_x, sum_y, sum_xx... kept as n, sx, sy, sxy, sxx
     syy = np.zeros(len(bands))
+    target_valid = 0
     for i in range(x.shape[0]):
         target = np.asarray(y[i, 0], dtype=np.float64)
+        target_valid += int(np.isfinite(target).sum())
         stats["target"].add(target, rng)
         for b, name in enumerate(bands):
             band = np.asarray(x[i, b], dtype=np.float64)
@@ -186,6 +192,8 @@ def _year_stats(tiles_dir: Path, index: TileIndex, year: int, seed: int) -> dict
     out = {name: s.summary(padded_pixels) for name, s in stats.items()}
     for b, name in enumerate(bands):
         n, sx, sy, sxy, sxx = co[b]
+        if target_valid:
+            out[name]["nodata_share"] = 1.0 - n / target_valid
         if n < 2:
             continue
         cov = sxy / n - sx / n * sy / n
@@ -200,6 +208,12 @@ def _band_warnings(year: int, name: str, stats: dict[str, Any]) -> list[str]:
     if stats["count"] == 0:
         return [f"{year} {name}: all nodata (check the file, its nodata value and the grid)"]
     found = []
+    share = stats.get("nodata_share", 0.0)
+    if share > HIGH_NODATA:
+        found.append(
+            f"{year} {name}: nodata on {100 * share:.0f}% of the pixels where the target has data "
+            "(check the file's extent, CRS and nodata value)"
+        )
     if stats["max"] == stats["min"]:
         found.append(f"{year} {name}: constant value {stats['min']:.4g} (carries no information)")
     corr = stats.get("corr_with_target")

@@ -19,6 +19,7 @@ from carbongeo.evaluation.baselines import method_names, run_baselines
 from carbongeo.evaluation.metrics import MetricPool
 from carbongeo.evaluation.report import MODEL, EvaluationReport, SectionResult
 from carbongeo.ops.mass import unplaced_mass
+from carbongeo.stages.freshness import check_prediction, check_split, check_tiles
 from carbongeo.store.layout import missing_input
 from carbongeo.store.predictions import require_prediction
 from carbongeo.store.reports import write_evaluation
@@ -74,8 +75,13 @@ def evaluate(
     if subset not in ("train", "val", "test"):
         raise ParameterError(f"{subset!r} is not one of train, val, test", param="split")
     store = TileStore(config)
+    check_tiles(config, store.index)
     tile_split = load_split(config.tiles_dir)
+    check_split(config, tile_split)
+    check_split(config, tile_split)
     years = _years_with_predictions(config, store, years)
+    for year in years:
+        check_prediction(config, config.layout.prediction_tif(year), year)
     holdout = tile_split.holdout_year
     sections: list[SectionResult] = []
     main_years = [y for y in years if y != holdout]

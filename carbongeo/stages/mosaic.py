@@ -39,11 +39,14 @@ from tqdm import tqdm
 from carbongeo.device import resolve_device
 from carbongeo.errors import CheckpointError, ParameterError
 from carbongeo.grid import Grid, Window
+from carbongeo.models.finite import raw_prediction_guard
 from carbongeo.ops.blocks import block_sum, upsample_blocks
 from carbongeo.ops.domain import aux_domain
 from carbongeo.ops.mass import mass_balance, reproject_mass
 from carbongeo.outputs.units import cog_units
-from carbongeo.parallel import run_tasks, worker_count
+from carbongeo.parallel import check_options, picklable_errors, run_tasks
+from carbongeo.stages.freshness import check_checkpoint, check_tiles
+from carbongeo.stages.prediction_checks import check_finite_predictions, non_finite_raw_prediction
 from carbongeo.store.checkpoint import Checkpoint, load_checkpoint
 from carbongeo.store.layout import missing_input
 from carbongeo.store.predictions import file_sha256, open_prediction_pair, prediction_done
@@ -340,6 +343,7 @@ def predict_scene(
                 pending = pool.submit(read, batches[k + 1])
             preds = np.asarray(predict(inputs.aux, inputs.coarse), dtype=np.float32)
             preds = preds.reshape(len(batch), size, size)
+            check_finite_predictions(preds, inputs.valid, batch)
             for i, window in enumerate(batch):
                 weight = np.outer(row_profiles[window.row], col_profiles[window.col])
                 strip.add(window, preds[i], weight, inputs.valid[i], inputs.mass[i])
@@ -369,10 +373,13 @@ def torch_predictor(model: torch.nn.Module, device: torch.device | str = "cpu") 
         with (
             torch.inference_mode(),
             torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None),
+            raw_prediction_guard(model) as non_finite,
         ):
             aux_t = torch.from_numpy(aux).to(device, non_blocking=non_blocking)
             coarse_t = torch.from_numpy(coarse).to(device, non_blocking=non_blocking)
             out = model(aux_t, coarse_t)
+        if non_finite:  # the mass constraint would have hidden it as a uniform split
+            raise non_finite_raw_prediction(non_finite[0])
         return out.float().cpu().numpy()
 
     return predict
@@ -452,7 +459,8 @@ class MosaicResult:
         year: The predicted year.
         tif_path: ``predictions/Pred_<year>.tif``.
         npy_path: ``predictions/Pred_<year>.npy``.
-        skipped: True when both outputs existed and were kept (no ``overwrite``).
+        skipped: True when both outputs existed as one run's pair and were kept (no
+            ``overwrite``; see :func:`carbongeo.store.predictions.pair_is_complete`).
         worst_cell_rel_error: Largest relative block-sum error over positive coarse cells.
         coarse_mass: Total of the positive coarse cells.
         unplaced_mass: Coarse mass over cells without a valid pixel (not in the output).
@@ -601,6 +609,7 @@ def _load_model(
     return model_from_checkpoint(state), state.normalization, state
 
 
+@picklable_errors
 def _year_task(job: _Job) -> MosaicResult:
     """One year in a fresh process (a dask task): load the index and the model, then stream."""
     # PyTorch's CPU kernels round differently with different thread counts; using the submitting
@@ -629,7 +638,8 @@ def mosaic_years(
 
     Each year is streamed window by window (see :func:`predict_scene`): the output is blended
     without seams, every coarse cell sums to its coarse input, nodata is NaN, and both files are
-    published atomically when complete. Years whose two outputs already exist are skipped unless
+    published atomically when complete. Years whose two outputs already exist, written together
+    (:func:`~carbongeo.store.predictions.pair_is_complete`), are skipped unless
     ``overwrite``.
 
     Args:
@@ -659,14 +669,16 @@ def mosaic_years(
         OutputError: An output cannot be written.
         ClusterError: The dask scheduler cannot be reached or the cluster failed.
     """
+    own_checkpoint = checkpoint is None  # the workdir's: it must come from this config
     checkpoint = Path(checkpoint) if checkpoint is not None else config.layout.best_checkpoint
     overlap = config.mosaic.overlap if overlap is None else overlap
     batch_size = config.mosaic.batch_size if batch_size is None else batch_size
     if batch_size < 1:
         raise ParameterError(f"must be >= 1, got {batch_size}", param="batch_size")
-    worker_count(workers)  # a bad count fails before any work
+    check_options(scheduler, workers)  # a bad value fails before any work
     resolve_device(device)  # fail before any work on a bad device
     index = load_index(config.tiles_dir)
+    check_tiles(config, index)
     grid = index.grid
     if not 0 <= overlap < grid.tile_size:
         raise ParameterError(f"must be in [0, {grid.tile_size}), got {overlap}", param="overlap")
@@ -676,17 +688,26 @@ def mosaic_years(
     results: dict[int, MosaicResult] = {}
     todo: list[int] = []
     layout = config.layout
+    made_with = {"config_hash": config.data_hash()}  # a year is done only by this config/model
+    if checkpoint.is_file():
+        made_with["model_id"] = file_sha256(checkpoint)[:16]
     for year in dict.fromkeys(int(y) for y in years):
-        if prediction_done(layout, year) and not overwrite:
-            tif_path, npy_path = layout.prediction_tif(year), layout.prediction_npy(year)
+        tif_path, npy_path = layout.prediction_tif(year), layout.prediction_npy(year)
+        if not overwrite and prediction_done(layout, year, made_with):
             log.info("year %d: %s exists, skipped (overwrite to recompute)", year, tif_path)
             results[year] = MosaicResult(year, tif_path, npy_path, skipped=True)
         else:
+            if not overwrite and tif_path.is_file() and npy_path.is_file():
+                log.warning(
+                    "year %d: %s is stale or not one pair with its .npy; redone", year, tif_path
+                )
             todo.append(year)
     if todo:
         if not checkpoint.is_file():
             raise missing_input(checkpoint, "carbongeo train", CheckpointError)
         model, norm, state = _load_model(checkpoint, index)
+        if own_checkpoint:
+            check_checkpoint(config, state, checkpoint)
         for year in todo:  # every input is checked before the first year starts
             _check_inputs(config.tiles_dir, index, input_years(index, year, model.temporal))
         model_id = file_sha256(checkpoint)[:16]

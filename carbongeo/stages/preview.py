@@ -26,6 +26,7 @@ from carbongeo.config import PipelineConfig
 from carbongeo.errors import CarbongeoError, MissingRunFileError, ParameterError, RunFileError
 from carbongeo.ops.blocks import upsample_blocks
 from carbongeo.stages.evaluate import proxy_bands, tile_baselines
+from carbongeo.stages.freshness import check_tiles
 from carbongeo.store.predictions import require_prediction
 from carbongeo.store.reports import read_evaluation, write_figure
 from carbongeo.store.split import load_split
@@ -148,6 +149,7 @@ def preview(
         raise ParameterError(f"must be >= 1, got {n_tiles}", param="n_tiles")
     folder = Path(out) if out is not None else config.reports_dir
     store = TileStore(config)
+    check_tiles(config, store.index)
     require_prediction(config.layout, year)
     tile_ids = select_tiles(store, year, _sample_tiles(config, store), n_tiles)
     if not tile_ids:

@@ -9,11 +9,13 @@ excluded, and every exclusion is counted by reason.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import Counter
 from typing import Any
 
 from carbongeo.config import PipelineConfig, SplitConfig
+from carbongeo.stages.freshness import check_tiles
 from carbongeo.store.split import TileSplit, write_split
 from carbongeo.store.tiles import load_index
 
@@ -98,6 +100,7 @@ def _near(tile: dict[str, Any], others: list[tuple[int, int]], distance: int) ->
 def split_tiles(config: PipelineConfig) -> TileSplit:
     """Read ``tiles/index.json``, split its tiles and write ``tiles/split.json`` atomically."""
     index = load_index(config.tiles_dir)
+    check_tiles(config, index)
     holdout = config.split.holdout_year
     records = []
     for tile in index.tiles:
@@ -116,5 +119,6 @@ def split_tiles(config: PipelineConfig) -> TileSplit:
             "split: no tile is left for training; lower split.min_valid_fraction or "
             "split.buffer_tiles, or tile a larger area"
         )
+    result = dataclasses.replace(result, inputs_hash=config.split_hash())
     write_split(config.tiles_dir, result)
     return result

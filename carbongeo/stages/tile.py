@@ -46,7 +46,7 @@ from carbongeo.io.sources import (
     source_total,
     validate_source,
 )
-from carbongeo.parallel import run_tasks, worker_count
+from carbongeo.parallel import check_options, picklable_errors, run_tasks, worker_count
 from carbongeo.store.layout import TilesLayout
 from carbongeo.store.tiles import (
     TileIndex,
@@ -244,6 +244,7 @@ class _Aligner:
         return values
 
 
+@picklable_errors
 def _run_block(job: _BlockJob) -> list[_BlockResult]:
     """Align every source on one block for each year, write the tiles, return counts, totals."""
     limit_gdal_cache()
@@ -257,7 +258,10 @@ def _run_block(job: _BlockJob) -> list[_BlockResult]:
         aux = np.empty((len(plan.aux), *target.shape[1:]), dtype=np.float32)
         for channel, band in enumerate(plan.aux):
             aux[channel] = apply_transform(align(band), band.transform)
-        coarse = align(plan.coarse, coarse=True)[None] if plan.coarse is not None else None
+        coarse = None
+        if plan.coarse is not None:  # a cut cell carries only its share inside the scene
+            coarse = align(plan.coarse, coarse=True)[None]
+            coarse *= grid.coarse_inside_share(align.coarse_window)
         try:
             write_block(out.y_path, target, block.r0, block.c0, grid.tile_cols)
             write_block(out.x_path, aux, block.r0, block.c0, grid.tile_cols)
@@ -290,6 +294,7 @@ def _run_block(job: _BlockJob) -> list[_BlockResult]:
     return results
 
 
+@picklable_errors
 def _total_task(source: RasterSource, info: SourceInfo, bounds: Bounds) -> float:
     limit_gdal_cache()
     return source_total(source, info, bounds)
@@ -422,9 +427,18 @@ def tile_years(
     years = sorted({int(y) for y in years})
     if not years:
         raise ConfigError("years: nothing to tile; give at least one year")
-    worker_count(workers)  # a bad count fails before anything is written
+    check_options(scheduler, workers)  # a bad value fails before anything is written
     config.check_files(years)
     grid = build_grid(config)
+    grid.check_tile_size()
+    if config.coarse is not None and grid.cuts_coarse_cells:
+        log.info(
+            "grid: the scene (%d x %d px) is not a whole number of %d px coarse cells; the cut "
+            "cells keep only the share of their coarse mass inside the scene",
+            grid.height,
+            grid.width,
+            grid.scale,
+        )
     plans = _plan_years(config, grid, years)
     meta = _index_meta(config)
     tiles_dir = config.tiles_dir
@@ -541,11 +555,10 @@ def _year_groups(
 def _total_tasks(plans: list[_YearPlan], grid: Grid, prefix: str) -> tuple[list[Any], list[str]]:
     """One task per distinct extensive source file: the source total inside the scene."""
     scene = grid.bounds
-    coarse = coarse_scene_grid(grid).bounds
     tasks: list[Any] = []
     keys: list[str] = []
     for plan in plans:
-        bands = [(plan.target, scene)] + ([(plan.coarse, coarse)] if plan.coarse else [])
+        bands = [(plan.target, scene)] + ([(plan.coarse, scene)] if plan.coarse else [])
         for band, bounds in bands:
             key = _total_key(band)
             if key in keys:
@@ -607,14 +620,14 @@ def _merge_index(
         has_coarse=bool(meta["has_coarse"]),
         tiles=tiles,
         totals=totals,
-        config_hash=config.data_hash(),
+        config_hash=config.tiles_hash(),
         target_years=sorted(old_target_years | new_years),  # every tiled year has a target
     )
 
 
 def _warn_on_totals(plans: list[_YearPlan], index: TileIndex) -> None:
     """Log when an extensive source lying inside the grid lost or gained mass in alignment."""
-    scenes = {"target": index.grid.bounds, "coarse": coarse_scene_grid(index.grid).bounds}
+    scenes = {"target": index.grid.bounds, "coarse": index.grid.bounds}
     for plan in plans:
         t = index.totals[plan.year]
         pairs = [("target", plan.target, t["target_source"], t["target_aligned"])]

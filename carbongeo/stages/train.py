@@ -39,6 +39,8 @@ from carbongeo.device import resolve_device
 from carbongeo.errors import (
     ParameterError,
 )
+from carbongeo.stages.freshness import check_split
+from carbongeo.stages.freshness import check_tiles as check_fresh_tiles
 from carbongeo.store.checkpoint import TrainedSplit
 from carbongeo.store.split import load_split
 from carbongeo.store.tiles import load_index
@@ -141,7 +143,9 @@ def _train(
     )
     index = load_index(config.tiles_dir)
     check_tiles(index, config)
+    check_fresh_tiles(config, index)
     split = load_split(config.tiles_dir)
+    check_split(config, split)
     years = training_years(config, split)
     trained_split = TrainedSplit.of(split)
     resumed = load_resumable(files.latest, config, index, trained_split, device) if resume else None

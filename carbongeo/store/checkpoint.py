@@ -49,8 +49,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from carbongeo.errors import CarbongeoError, CheckpointError, OutputError
+from carbongeo.errors import CarbongeoError, CheckpointError, DivergenceError, OutputError
 from carbongeo.io.atomic import atomic_path, output_error
+from carbongeo.models.finite import non_finite_tensors
 from carbongeo.training.normalization import Normalization
 
 if TYPE_CHECKING:
@@ -404,6 +405,12 @@ def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> None:
     """
     path = Path(path)
     state = checkpoint.to_dict()
+    damaged = non_finite_tensors(state.get("model", {}))
+    if damaged:
+        raise DivergenceError(
+            f"cannot save {path}: {len(damaged)} weight tensor(s) are not finite (first: "
+            f"{damaged[0]}); the training diverged: lower train.lr and train again"
+        )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -458,6 +465,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(
             f"{path}: checkpoint layout version {version!r} is newer than this carbongeo "
             f"supports ({VERSION}); upgrade carbongeo"
+        )
+    model = state.get("model")
+    damaged = non_finite_tensors(model) if isinstance(model, dict) else []
+    if damaged:
+        raise CheckpointError(
+            f"{path}: {len(damaged)} weight tensor(s) hold NaN or inf (first: {damaged[0]}); the "
+            "file is damaged or the training diverged; retrain with: carbongeo train"
         )
     return Checkpoint.from_dict(state, str(path))
 

@@ -9,12 +9,15 @@ row block under temporary names and published together: a reader finds both or n
 from __future__ import annotations
 
 import hashlib
+import io
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import rasterio
+from rasterio.errors import RasterioError
 
 from carbongeo.errors import InputDataError
 from carbongeo.grid import Grid
@@ -23,17 +26,57 @@ from carbongeo.io.cog import COGWriter
 from carbongeo.store.layout import RunLayout, missing_input
 
 __all__ = [
+    "PAIR_TAG",
     "file_sha256",
     "open_prediction",
     "open_prediction_pair",
+    "pair_is_complete",
     "prediction_done",
     "require_prediction",
 ]
 
 
-def prediction_done(layout: RunLayout, year: int) -> bool:
-    """True when both files of the year's prediction pair exist (the year can be skipped)."""
-    return layout.prediction_tif(year).is_file() and layout.prediction_npy(year).is_file()
+PAIR_TAG = "npy_sha256"
+"""GeoTIFF tag holding the SHA-256 (hex) of the ``.npy`` written in the same run.
+
+Two files cannot be renamed at once, so a run killed between the two renames leaves the new
+``.npy`` beside the ``.tif`` of an earlier run; a year counts as done only when the tag matches
+the ``.npy`` on disk (:func:`pair_is_complete`)."""
+
+
+def prediction_done(
+    layout: RunLayout, year: int, expected_tags: Mapping[str, str] | None = None
+) -> bool:
+    """True when the year's prediction pair is complete and current (the year can be skipped).
+
+    See :func:`pair_is_complete`; ``expected_tags`` are the tags the run that would redo it writes.
+    """
+    return pair_is_complete(layout.prediction_tif(year), layout.prediction_npy(year), expected_tags)
+
+
+def pair_is_complete(
+    tif_path: Path, npy_path: Path, expected_tags: Mapping[str, str] | None = None
+) -> bool:
+    """Whether both files exist and the GeoTIFF was written with this very ``.npy``.
+
+    False for a pair written by a version of carbongeo that did not tag it (it is then redone).
+
+    Args:
+        tif_path: ``Pred_<year>.tif``.
+        npy_path: ``Pred_<year>.npy``.
+        expected_tags: Tags the GeoTIFF must also carry with these values (e.g. the config hash
+            and model id of the run that would redo it), so that a stale pair is not done.
+    """
+    if not (tif_path.is_file() and npy_path.is_file()):
+        return False
+    try:
+        with rasterio.open(tif_path) as src:
+            tags = src.tags()
+    except (RasterioError, OSError):
+        return False
+    if any(tags.get(key) != value for key, value in (expected_tags or {}).items()):
+        return False
+    return tags.get(PAIR_TAG) is not None and tags[PAIR_TAG] == file_sha256(npy_path)
 
 
 def require_prediction(layout: RunLayout, year: int, suffix: str = "npy") -> Path:
@@ -80,11 +123,18 @@ class _NpyRows:
         self.rows = 0
         self._tmp = temp_path(path)
         self._file = open(self._tmp, "wb")  # noqa: SIM115 - closed in publish/abort
+        self.digest = hashlib.sha256()  # of the bytes written: ties the .tif to this .npy
         header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False}
-        np.lib.format.write_array_header_1_0(self._file, {**header, "shape": (height, width)})
+        buffer = io.BytesIO()
+        np.lib.format.write_array_header_1_0(buffer, {**header, "shape": (height, width)})
+        self._write(buffer.getvalue())
+
+    def _write(self, data: bytes | memoryview) -> None:
+        self._file.write(data)
+        self.digest.update(data)
 
     def write_rows(self, rows: np.ndarray) -> None:
-        self._file.write(np.ascontiguousarray(rows, dtype="<f4").data)
+        self._write(np.ascontiguousarray(rows, dtype="<f4").data)
         self.rows += rows.shape[0]
 
     def finish(self) -> None:
@@ -157,6 +207,7 @@ def open_prediction_pair(
     published: list[Path] = []
     try:
         yield sink, tif
+        tif.update_tags(**{PAIR_TAG: npy.digest.hexdigest()})  # see pair_is_complete
         tif.finish()
         npy.finish()
         npy.publish()

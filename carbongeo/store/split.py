@@ -33,6 +33,7 @@ class TileSplit:
     block_tiles: int = 1
     buffer_tiles: int = 1
     seed: int = 0
+    inputs_hash: str = ""
 
     def ids(self, subset: str) -> list[int]:
         """The tile ids of ``train``, ``val`` or ``test``."""
@@ -52,6 +53,7 @@ class TileSplit:
             "block_tiles": self.block_tiles,
             "buffer_tiles": self.buffer_tiles,
             "seed": self.seed,
+            "inputs_hash": self.inputs_hash,
         }
 
     @classmethod
@@ -66,6 +68,7 @@ class TileSplit:
             block_tiles=int(data.get("block_tiles", 1)),
             buffer_tiles=int(data.get("buffer_tiles", 1)),
             seed=int(data.get("seed", 0)),
+            inputs_hash=str(data.get("inputs_hash", "")),
         )
 
 

@@ -50,6 +50,7 @@ __all__ = [
     "cube_shapes",
     "load_index",
     "open_aux_target",
+    "expected_shape",
     "open_cube",
     "open_year",
     "read_window",
@@ -400,17 +401,42 @@ def _missing_cube(path: Path, year: int) -> CarbongeoError:
     return missing_input(path, f"carbongeo tile --year {year}")
 
 
-def open_cube(tiles_dir: str | Path, kind: CubeKind, year: int) -> np.ndarray:
-    """Memory-map one cube read-only.
+def expected_shape(index: TileIndex, kind: CubeKind) -> tuple[int, int, int, int]:
+    """The shape of a cube of ``kind`` for ``index``: ``[N, C, t, t]``."""
+    side = index.tile_size // index.scale if kind == "C" else index.tile_size
+    channels = len(index.bands) if kind == "X" else 1
+    return (index.n_tiles, channels, side, side)
+
+
+def open_cube(
+    tiles_dir: str | Path, kind: CubeKind, year: int, index: TileIndex | None = None
+) -> np.ndarray:
+    """Memory-map one cube read-only, after checking that it is a readable cube.
+
+    A cube that is truncated, holds Python objects, or (given ``index``) has another dtype or
+    shape than the tile index says is refused with one line naming the file and the command.
 
     Raises:
-        InputDataError: The cube is missing, naming ``carbongeo tile --year <year>``.
+        InputDataError: The cube is missing, unreadable or does not fit the index, naming
+            ``carbongeo tile --year <year>``.
     """
     path = TilesLayout(Path(tiles_dir)).cube(kind, year)
+    fix = f"rerun: carbongeo tile --year {year}"
     try:
-        return np.load(path, mmap_mode="r")
+        cube = np.load(path, mmap_mode="r", allow_pickle=False)
     except FileNotFoundError as err:
         raise _missing_cube(path, year) from err
+    except (ValueError, OSError, EOFError) as err:
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise InputDataError(f"{path}: not a readable cube ({reason[:160]}); {fix}") from None
+    if index is not None:
+        want = expected_shape(index, kind)
+        if cube.dtype != np.float32 or cube.shape != want:
+            raise InputDataError(
+                f"{path}: {cube.dtype} {list(cube.shape)} does not fit the tile index (float32 "
+                f"{list(want)}: {index.n_tiles} tiles, {want[1]} band(s) of {want[2]} px); {fix}"
+            )
+    return cube
 
 
 def _wanted(
@@ -450,15 +476,12 @@ def check_cubes(
         coarse: The same for the coarse product.
 
     Raises:
-        InputDataError: The first year that is not tiled or misses a cube, naming the command
-            that makes it.
+        InputDataError: The first year that is not tiled or misses a cube, or whose cube is
+            damaged or does not fit the index, naming the command that makes it.
     """
-    layout = TilesLayout(Path(tiles_dir))
     for year in sorted(set(years)):
         for kind in _wanted(index, tiles_dir, year, target, coarse):
-            path = layout.cube(kind, year)
-            if not path.is_file():
-                raise _missing_cube(path, year)
+            open_cube(tiles_dir, kind, year, index)  # present, readable, of the index's shape
 
 
 def open_year(
@@ -480,7 +503,7 @@ def open_year(
             the command that makes it), or the aux cube has other bands than the index.
     """
     cubes = {
-        kind: open_cube(tiles_dir, kind, year)
+        kind: open_cube(tiles_dir, kind, year, index)
         for kind in _wanted(index, tiles_dir, year, target, coarse)
     }
     aux = cubes["X"]

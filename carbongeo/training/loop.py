@@ -30,6 +30,7 @@ from tqdm import tqdm
 from carbongeo.config import PipelineConfig
 from carbongeo.evaluation.metrics import VALIDATION_METRICS, PooledMetrics
 from carbongeo.io.atomic import remove_stale_temps, write_text_atomic
+from carbongeo.models.finite import parameters_finite
 from carbongeo.models.losses import TERMS
 from carbongeo.store.checkpoint import (
     Checkpoint,
@@ -43,6 +44,7 @@ from carbongeo.store.checkpoint import (
 from carbongeo.store.tiles import TileIndex
 from carbongeo.training.data import model_inputs
 from carbongeo.training.distributed import DistContext, all_reduce, barrier
+from carbongeo.training.divergence import diverged, no_finite_loss
 from carbongeo.training.interrupt import DeferredInterrupt, InterruptGuard
 from carbongeo.training.normalization import Normalization
 from carbongeo.training.setup import TrainingParts
@@ -369,6 +371,8 @@ class Trainer:
             if clip > 0:
                 nn.utils.clip_grad_norm_(params, clip)
             parts.optimizer.step()
+        if not parameters_finite(parts.model):  # never trained on, logged or saved
+            raise diverged(self.epoch + 1, float(loss.detach()), self.config.train.lr)
         parts.scheduler.step()
 
     def _end_epoch(
@@ -413,6 +417,8 @@ class Trainer:
         )
         totals_list = all_reduce(totals, self.ctx).tolist()
         steps = totals_list[-2]
+        if steps == 0 and totals_list[-1] > 0:
+            raise no_finite_loss(epoch, int(totals_list[-1]))
         mean = [v / steps if steps > 0 else math.nan for v in totals_list[: len(TERMS) + 1]]
         return {
             "epoch": epoch,

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import numpy as np
 import rasterio
 
 from carbongeo.bench.scenes import make_tile_scene, write_train_cubes
 from carbongeo.bench.settings import BANDS, TILE, TRAIN_YEARS
 from carbongeo.config import load_config
+from carbongeo.io.atomic import FOREIGN_TEMP_MAX_AGE
 from carbongeo.stages.tile import load_index
 
 
 def test_tile_scene_has_one_source_of_each_kind(tmp_path) -> None:
     stale = tmp_path / ".co2.tmp-999999999.tif"  # left by a writer that died
     stale.write_bytes(b"partial")
+    # An old-style name (no host) counts as abandoned only once it is old enough.
+    old = time.time() - FOREIGN_TEMP_MAX_AGE - 60
+    os.utime(stale, (old, old))
     config_path = make_tile_scene(tmp_path, 256)
     config = load_config(config_path, check_files=True)
     assert [s.kind for s in config.sources()] == [

@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -193,7 +192,6 @@ def test_quiet_suppresses_progress(tiny_world: Path, tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- the whole pipeline
 def test_tiny_pipeline_through_the_cli(tmp_path: Path) -> None:
     """synth, tile, split, check --json, train --epochs 1, mosaic, evaluate --json, preview."""
-    started = time.perf_counter()
 
     def step(*args: str) -> str:
         proc = cli("-q", *args)
@@ -215,7 +213,6 @@ def test_tiny_pipeline_through_the_cli(tmp_path: Path) -> None:
     assert {"model", "uniform"} <= set(methods)
     assert np.isfinite(methods["model"]["mae"])
     assert len(step("preview", "-c", config, "--year", "2015").splitlines()) == 2
-    seconds = time.perf_counter() - started
 
     workdir = tmp_path / "w" / "runs"
     for year in (2014, 2015, 2016):
@@ -229,4 +226,3 @@ def test_tiny_pipeline_through_the_cli(tmp_path: Path) -> None:
     for name in ("preview_2015.png", "scene_2015.png", "evaluation.md", "evaluation.json"):
         assert (reports / name).stat().st_size > 0, name
     assert [p for p in tmp_path.rglob(".*") if ".tmp" in p.name] == []
-    assert seconds < 60

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -18,17 +17,19 @@ from carbongeo.io.atomic import (
     AtomicGroup,
     atomic_path,
     file_lock,
+    host_id,
     remove_stale_temps,
     temp_path,
     write_json_atomic,
     write_text_atomic,
+    writer_id,
 )
 
 
 def test_temp_path_is_hidden_in_the_same_folder(tmp_path: Path) -> None:
     tmp = temp_path(tmp_path / "X_2014.npy")
     assert tmp.parent == tmp_path
-    assert tmp.name == f".X_2014.tmp-{os.getpid()}.npy"
+    assert tmp.name == f".X_2014.tmp-{writer_id()}.npy"
 
 
 def test_atomic_path_commits_on_success(tmp_path: Path) -> None:
@@ -96,7 +97,7 @@ def test_remove_stale_temps_only_removes_dead_writers(tmp_path: Path) -> None:
         text=True,
     )
     dead_pid = int(proc.stdout)
-    stale = tmp_path / f".X_2014.tmp-{dead_pid}.npy"
+    stale = tmp_path / f".X_2014.tmp-{host_id()}-{dead_pid}-0123abcd.npy"
     mine = temp_path(tmp_path / "Y_2014.npy")
     keep = tmp_path / "X_2014.npy"
     for path in (stale, mine, keep):

@@ -143,21 +143,42 @@ def test_truth_total_kept_and_nodata_stays_nodata(tiled: tuple) -> None:
 
 def test_coarse_product_total_inside_the_grid_is_kept(tiled: tuple) -> None:
     config, index = tiled
-    # Exact area overlap of every 500 m cell with the 480 m cells that touch the scene: the two
-    # grids share the CRS and axes, so the overlap is a product of 1-D overlaps.
-    bounds = coarse_scene_grid(index.grid).bounds
+    # Exact area overlap of every 500 m cell with every 480 m cell that touches the scene (the
+    # grids share the CRS and axes, so the overlap is a product of 1-D overlaps); the cells the
+    # scene edge cuts then keep only their share inside the scene.
+    cells = coarse_scene_grid(index.grid)
+    cx0, _, _, cy1 = cells.bounds
+    side = cells.transform.a
     with rasterio.open(DATA / "CO500.tif") as src:
         values = src.read(1, masked=True).filled(0).astype(np.float64)
         t = src.transform
         x0 = t.c + t.a * np.arange(src.width)
         y0 = t.f + t.e * np.arange(src.height)
-    fx = np.clip(np.minimum(x0 + t.a, bounds[2]) - np.maximum(x0, bounds[0]), 0, None) / t.a
-    fy = np.clip(np.minimum(y0, bounds[3]) - np.maximum(y0 + t.e, bounds[1]), 0, None) / -t.e
-    expected = float((values * fy[:, None] * fx[None, :]).sum())
+    gx = cx0 + side * np.arange(cells.width)
+    gy = cy1 - side * np.arange(cells.height)
+    fx = (
+        np.clip(
+            np.minimum(x0[None] + t.a, gx[:, None] + side) - np.maximum(x0[None], gx[:, None]),
+            0,
+            None,
+        )
+        / t.a
+    )  # [coarse col, source col]
+    fy = (
+        np.clip(
+            np.minimum(y0[None], gy[:, None]) - np.maximum(y0[None] + t.e, gy[:, None] - side),
+            0,
+            None,
+        )
+        / -t.e
+    )  # [coarse row, source row]
+    share = index.grid.coarse_inside_share(Window(0, 0, cells.height, cells.width))
+    expected = float((fy @ values @ fx.T * share).sum())
     coarse = _cube(config, "C")
     assert float(np.nansum(coarse, dtype=np.float64)) == pytest.approx(expected, rel=1e-4)
     assert index.totals[YEAR]["coarse_aligned"] == pytest.approx(expected, rel=1e-4)
-    # The grids do not nest: the crop cuts 180 m (west), 60 m (north) and 100 m (east) strips.
+    # The grids do not nest: the crop cuts 180 m (west), 60 m (north) and 100 m (east) strips,
+    # and the scene edge cuts the last row and column of 480 m cells.
     assert expected < float(values.sum()) * (1 - 1e-4)
     assert np.nanmin(coarse) >= 0
 

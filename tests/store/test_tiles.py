@@ -279,7 +279,9 @@ def test_other_missing_inputs_name_their_command(run: Run) -> None:
 def test_open_year_refuses_an_aux_cube_with_other_bands(run: Run) -> None:
     path = TilesLayout(run.tiles_dir).cube("X", 2020)
     np.save(path, np.load(path)[:, :1])
-    with pytest.raises(InputDataError, match=r"X_2020\.npy has shape .* lists 2 bands"):
+    with pytest.raises(
+        InputDataError, match=r"X_2020\.npy: .* does not fit the tile index .* 2 band\(s\)"
+    ):
         open_year(run.tiles_dir, run.index, 2020)
 
 
