@@ -157,7 +157,8 @@ def _progress(ctx: click.Context) -> bool:
 def main(ctx: click.Context) -> None:
     """Downscale coarse carbon-emission rasters to fine, mass-conserving GeoTIFFs.
 
-    The pipeline: synth (optional) -> tile -> split -> train -> mosaic -> evaluate / preview.
+    The pipeline: synth (optional) -> tile -> split -> train -> mosaic -> export / evaluate /
+    preview.
     Every command reads the same pipeline file (--config); see docs/pipeline-file.md.
     -v and -q work before or after the command.
     """
