@@ -23,9 +23,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
-import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,69 +32,34 @@ import pytest
 import rasterio
 import rasterio.shutil
 import torch
+from _scenario import (
+    assert_error,
+    assert_ok,
+    cli,
+    config_of,
+    copy_world,
+    edit_config,
+    files,
+    invoke,
+    rewrite_raster,
+    temporaries,
+)
 from affine import Affine
-from click.testing import CliRunner, Result
 from conftest import write_netcdf, write_raster
 from rasterio._err import CPLE_AppDefinedError
 
 import carbongeo.store.predictions as predictions_module
-from carbongeo.cli.app import main
 from carbongeo.grid import Window
 from carbongeo.store.tiles import load_index, read_window
 from carbongeo.synth import generate_world
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 CUBE = re.compile(r"^[XYC]_\d{4}\.npy$")
 
 
 # --------------------------------------------------------------------------- running the CLI
-def invoke(*args: str) -> Result:
-    """``carbongeo -q ARGS`` in-process (stdout and stderr apart, exceptions caught)."""
-    return CliRunner().invoke(main, ["-q", *args], catch_exceptions=True)
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    """``python -m carbongeo -q ARGS`` in a fresh process."""
-    return subprocess.run(
-        [sys.executable, "-m", "carbongeo", "-q", *args],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        timeout=300,
-    )
-
-
-def assert_error(run: Result | subprocess.CompletedProcess, *fragments: str) -> str:
-    """Exit 2, one ``carbongeo: error:`` line on stderr holding ``fragments``, no traceback."""
-    if isinstance(run, Result):
-        code, stdout, stderr = run.exit_code, run.stdout, run.stderr
-        if run.exception is not None and not isinstance(run.exception, SystemExit):
-            raised = "".join(traceback.format_exception(run.exception))
-            pytest.fail(f"unhandled exception:\n{raised}\nstderr: {stderr}")
-    else:
-        code, stdout, stderr = run.returncode, run.stdout, run.stderr
-    assert code == 2, f"exit {code}\nstdout: {stdout}\nstderr: {stderr}"
-    assert "Traceback" not in stdout + stderr, stderr
-    lines = stderr.splitlines()
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{stderr}"
-    line = lines[0]
-    assert line.startswith("carbongeo: error: "), line
-    for fragment in fragments:
-        assert fragment in line, f"{fragment!r} not in {line!r}"
-    return line
-
-
-def assert_ok(run: Result | subprocess.CompletedProcess) -> None:
-    if isinstance(run, Result):
-        assert run.exit_code == 0, f"{run.output}\n{run.exception!r}"
-    else:
-        assert run.returncode == 0, run.stderr
 
 
 # --------------------------------------------------------------------------- what a run left
-def temporaries(folder: Path) -> list[str]:
-    """Temporary files of the atomic writers (``.<name>.tmp-<pid><suffix>``)."""
-    return sorted(p.name for p in folder.rglob(".*") if ".tmp" in p.name)
 
 
 def assert_nothing_written(
@@ -121,10 +83,6 @@ def assert_no_new_outputs(site: Path, before: set[str]) -> None:
     assert temporaries(site) == []
     now = {str(p.relative_to(site)) for p in site.rglob("*") if p.is_file()}
     assert now - before == set(), sorted(now - before)
-
-
-def files(site: Path) -> set[str]:
-    return {str(p.relative_to(site)) for p in site.rglob("*") if p.is_file()}
 
 
 # --------------------------------------------------------------------------- worlds
@@ -156,43 +114,10 @@ def trained(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return site
 
 
-def copy_world(world: Path, dest: Path, *runs: str, source: Path | None = None) -> Path:
-    """Copy the world's inputs to ``dest`` and, from ``source``, the ``runs/`` folders named."""
-    for name in ("emissions", "coarse", "aux"):
-        shutil.copytree(world / name, dest / name)
-    shutil.copy2(world / "carbongeo.toml", dest / "carbongeo.toml")
-    for sub in runs:
-        assert source is not None
-        shutil.copytree(source / "runs" / sub, dest / "runs" / sub)
-    return dest
-
-
 @pytest.fixture
 def site(world: Path, tmp_path: Path) -> Path:
     """A private copy of the world's inputs."""
     return copy_world(world, tmp_path / "site")
-
-
-def config_of(site: Path) -> str:
-    return str(site / "carbongeo.toml")
-
-
-def edit_config(site: Path, old: str, new: str) -> None:
-    path = site / "carbongeo.toml"
-    text = path.read_text()
-    assert old in text, old
-    path.write_text(text.replace(old, new, 1))
-
-
-def rewrite_raster(path: Path, change: Callable[[np.ndarray], Any], **profile: Any) -> None:
-    """Rewrite a raster in place after ``change(array)`` (and profile overrides)."""
-    with rasterio.open(path) as src:
-        data = src.read(1)
-        meta = src.profile
-    change(data)
-    meta.update(profile)
-    with rasterio.open(path, "w", **meta) as dst:
-        dst.write(data, 1)
 
 
 # --------------------------------------------------------------------------- representative cases
