@@ -23,7 +23,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,8 @@ from rasterio._err import CPLE_AppDefinedError
 import carbongeo.store.predictions as predictions_module
 from carbongeo.grid import Window
 from carbongeo.store.tiles import load_index, read_window
-from carbongeo.synth import generate_world
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 CUBE = re.compile(r"^[XYC]_\d{4}\.npy$")
 
@@ -86,21 +87,6 @@ def assert_no_new_outputs(site: Path, before: set[str]) -> None:
 
 
 # --------------------------------------------------------------------------- worlds
-@pytest.fixture(autouse=True, scope="module")
-def single_thread() -> Iterator[None]:
-    """One intra-op thread: tiny models gain nothing from more, and a busy machine loses a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The pristine tiny world (rasters and carbongeo.toml), never modified."""
-    folder = tmp_path_factory.mktemp("bad-input-world")
-    generate_world(folder, seed=0, size="tiny")
-    return folder
 
 
 @pytest.fixture(scope="module")

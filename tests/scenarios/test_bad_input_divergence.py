@@ -16,7 +16,6 @@ from __future__ import annotations
 import shutil
 import struct
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,22 +39,8 @@ from carbongeo.grid import Grid, Window
 from carbongeo.models.losses import HybridLoss
 from carbongeo.stages.mosaic import WindowBatch, predict_scene
 from carbongeo.store.checkpoint import Checkpoint, save_checkpoint
-from carbongeo.synth import generate_world
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("divergence-world")
-    generate_world(folder, seed=0, size="tiny")
-    return folder
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -15,39 +15,21 @@ runs what a user would run. Decisions recorded here:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
-import torch
 from _scenario import assert_ok, config_of, copy_world, edit_config, invoke, rewrite_raster
 from affine import Affine
 from conftest import WGS84, write_raster
 from rasterio.warp import Resampling, reproject
 from rasterio.warp import transform as warp_transform
 
-from carbongeo.synth import generate_world
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 YEARS = (2014, 2015, 2016)
 GLOBAL = Affine(0.1, 0, -180, 0, -0.1, 90)  # 3600 x 1800 cells of 0.1 degree
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The pristine tiny world (rasters and carbongeo.toml), never modified."""
-    folder = tmp_path_factory.mktemp("inventories-world")
-    generate_world(folder, seed=0, size="tiny")
-    return folder
 
 
 @pytest.fixture

@@ -26,13 +26,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
-import torch
 from _scenario import (
     ENV,
     assert_error,
@@ -46,27 +44,12 @@ from _scenario import (
     temporaries,
 )
 
-from carbongeo.synth import generate_world
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 GRID_OVERRIDE = (
     'scale = 8\ncrs = "EPSG:32650"\nresolution = {res}\n'
     "bounds = [{b0}, 2884000.0, 556000.0, 3012000.0]\n"
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("oneline-world")
-    generate_world(folder, seed=0, size="tiny")
-    return folder
 
 
 @pytest.fixture(scope="module")

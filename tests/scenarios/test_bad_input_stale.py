@@ -11,11 +11,9 @@ outputs with the new config hash). Decisions recorded here:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from _scenario import (
     assert_error,
     assert_ok,
@@ -27,24 +25,9 @@ from _scenario import (
     temporaries,
 )
 
-from carbongeo.synth import generate_world
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 ALL_RUNS = ("tiles", "checkpoints", "predictions")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("stale-world")
-    generate_world(folder, seed=0, size="tiny")
-    return folder
 
 
 @pytest.fixture(scope="module")
