@@ -50,6 +50,9 @@ class SourceConfig:
         units: Physical units, carried into outputs.
         nodata: Nodata override; ``None`` uses the file's declared nodata (and NaN).
         band: 1-based band index in the file.
+        zero_classes: ``categorical`` aux only: class values on which no emissions can be (e.g.
+            water = 1). Every method leaves those pixels at 0 and gives a cell's mass to its
+            other pixels.
     """
 
     name: str
@@ -59,6 +62,7 @@ class SourceConfig:
     units: str = ""
     nodata: float | None = None
     band: int = 1
+    zero_classes: tuple[float, ...] = ()
 
     @property
     def is_static(self) -> bool:
@@ -152,10 +156,13 @@ class EvaluateConfig:
         dasymetric: Aux band names used as proxies for dasymetric baselines (coarse mass spread
             in proportion to the band). Empty: every ``extensive`` aux band plus one named ``ntl``.
         split: Which split of tiles is evaluated (``test``, ``val`` or ``train``).
+        forest_pixels: Training pixels of the supervised forest baseline, drawn evenly from every
+            training tile of every year with a target.
     """
 
     dasymetric: tuple[str, ...] = ()
     split: str = "test"
+    forest_pixels: int = 100_000
 
 
 @dataclass(frozen=True)
@@ -207,6 +214,10 @@ class PipelineConfig:
         """Aux band names in channel order."""
         return [a.name for a in self.aux]
 
+    def zero_classes(self) -> dict[str, tuple[float, ...]]:
+        """The aux bands that declare ``zero_classes``, with their classes."""
+        return {a.name: a.zero_classes for a in self.aux if a.zero_classes}
+
     def dasymetric_bands(self) -> list[str]:
         """Aux bands used as dasymetric proxies by the baselines."""
         if self.evaluate.dasymetric:
@@ -223,14 +234,21 @@ class PipelineConfig:
 
     def tiles_hash(self) -> str:
         """A short hash of the sections the year cubes are made from (``tiles/index.json``)."""
-        return self._hash(TILE_SECTIONS)
+        return self._hash(TILE_SECTIONS, cubes_only=True)
 
     def split_hash(self) -> str:
         """A short hash of what ``tiles/split.json`` is made from: the tiles and ``[split]``."""
-        return self._hash((*TILE_SECTIONS, "split"))
+        return self._hash((*TILE_SECTIONS, "split"), cubes_only=True)
 
-    def _hash(self, keys: Sequence[str]) -> str:
-        text = repr({k: self.raw.get(k) for k in keys})
+    def _hash(self, keys: Sequence[str], *, cubes_only: bool = False) -> str:
+        sections = {k: self.raw.get(k) for k in keys}
+        if cubes_only and isinstance(sections.get("aux"), list):
+            # zero_classes act on allocation, not on the cubes: declaring them keeps the tiles.
+            sections["aux"] = [
+                {k: v for k, v in t.items() if k != "zero_classes"} if isinstance(t, dict) else t
+                for t in sections["aux"]
+            ]
+        text = repr(sections)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def source_key(self, src: SourceConfig) -> str:
@@ -356,7 +374,8 @@ def _resolve_path(raw: object, base: Path, key: str) -> str:
     return os.path.normpath(path if path.is_absolute() else (base / path))
 
 
-_SOURCE_KEYS = ("name", "path", "kind", "transform", "units", "nodata", "band")
+_SOURCE_KEYS = ("path", "kind", "transform", "units", "nodata", "band")
+_AUX_KEYS = ("name", *_SOURCE_KEYS, "zero_classes")
 # {year}, optionally with a format spec for integers ({year:04d}, {year:>6}); any other {name}
 # in a path is refused as a typo.
 _YEAR_FIELD = re.compile(r"\{year(?::([^{}]*))?\}")
@@ -385,7 +404,7 @@ def _source(table: object, base: Path, where: str, *, name: str | None) -> Sourc
     key = where.rstrip(".")
     if not isinstance(table, dict):
         raise ConfigError(f"{key}: expected a table")
-    allowed = _SOURCE_KEYS if name is None else tuple(k for k in _SOURCE_KEYS if k != "name")
+    allowed = _AUX_KEYS if name is None else _SOURCE_KEYS
     _check_keys(table, allowed, where)
     if "path" not in table:
         raise ConfigError(f"{where}path: missing; give the raster file (use {{year}} per year)")
@@ -409,6 +428,9 @@ def _source(table: object, base: Path, where: str, *, name: str | None) -> Sourc
         raise ConfigError(f"{where}band: bands are numbered from 1, got {band}")
     units = _typed(table, "units", str, where) if "units" in table else ""
     _check_year_fields(str(table["path"]), f"{where}path")
+    zero_classes = _zero_classes(table, kind, where)
+    if zero_classes and transform != "none":
+        raise ConfigError(f'{where}transform: a band with zero_classes must keep transform "none"')
     return SourceConfig(
         name=name,
         path=_resolve_path(table["path"], base, f"{where}path"),
@@ -417,7 +439,25 @@ def _source(table: object, base: Path, where: str, *, name: str | None) -> Sourc
         units=units,
         nodata=nodata,
         band=band,
+        zero_classes=zero_classes,
     )
+
+
+def _zero_classes(table: dict[str, Any], kind: str, where: str) -> tuple[float, ...]:
+    if "zero_classes" not in table:
+        return ()
+    raw = table["zero_classes"]
+    if kind != "categorical":
+        raise ConfigError(
+            f"{where}zero_classes: only a categorical band has classes (this one is {kind})"
+        )
+    if not (
+        isinstance(raw, list)
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in raw)
+        and all(math.isfinite(v) for v in raw)
+    ):
+        raise ConfigError(f"{where}zero_classes: expected a list of class values, e.g. [1]")
+    return tuple(float(v) for v in raw)
 
 
 _TOP_KEYS = (
@@ -606,6 +646,7 @@ def parse_config(
     if evaluate.split not in ("train", "val", "test"):
         raise ConfigError("evaluate.split: must be train, val or test")
     evaluate = dataclasses.replace(evaluate, dasymetric=tuple(evaluate.dasymetric))
+    _positive(evaluate.forest_pixels, "evaluate.forest_pixels")
 
     config = PipelineConfig(
         path=path if path is not None else base / DEFAULT_CONFIG_NAME,

@@ -115,6 +115,19 @@ def test_parse_years_rejects(value) -> None:
         ),
         (lambda t: t.replace('units = "t"', 'units = "t"\nkind = "intensive"'), "target.kind"),
         (lambda t: t + "\n[loss]\nhigh_quantile = 1.5\n", "loss.high_quantile"),
+        (
+            lambda t: t.replace('transform = "log1p"', 'transform = "log1p"\nzero_classes = [1]'),
+            "aux\\[0\\].zero_classes: only a categorical band",
+        ),
+        (
+            lambda t: t.replace('kind = "categorical"', 'kind = "categorical"\nzero_classes = 1'),
+            "aux\\[1\\].zero_classes: expected a list",
+        ),
+        (
+            lambda t: t.replace('units = "t"', 'units = "t"\nzero_classes = [1]'),
+            "target.zero_classes: unknown key",
+        ),
+        (lambda t: t + "\n[evaluate]\nforest_pixels = 0\n", "evaluate.forest_pixels"),
     ],
 )
 def test_each_mistake_is_one_line_naming_the_key(tmp_path: Path, edit, message) -> None:
@@ -160,3 +173,18 @@ def test_source_keys_label_every_source(tmp_path: Path) -> None:
     assert config.source_key(config.target) == "target.path"
     labels = [config.source_key(a) for a in config.aux]
     assert labels == [f"aux[{i}].path ({a.name})" for i, a in enumerate(config.aux)]
+
+
+def test_zero_classes_are_read_and_do_not_make_the_tiles_stale(tmp_path: Path) -> None:
+    plain = load_config(write(tmp_path, BASE))
+    masked = load_config(
+        write(
+            tmp_path,
+            BASE.replace('kind = "categorical"', 'kind = "categorical"\nzero_classes = [1, 2]'),
+        )
+    )
+    assert plain.zero_classes() == {} and masked.zero_classes() == {"water": (1.0, 2.0)}
+    # They decide where mass goes, not what the cubes hold.
+    assert masked.tiles_hash() == plain.tiles_hash()
+    assert masked.split_hash() == plain.split_hash()
+    assert masked.data_hash() != plain.data_hash()

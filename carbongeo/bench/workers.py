@@ -422,7 +422,7 @@ def fast_predictor(model: Any, device: Any = "cpu") -> Any:
 
     from carbongeo.bench.settings import SCALE
 
-    def predict(aux: Any, coarse: Any) -> Any:
+    def predict(aux: Any, coarse: Any, allowed: Any = None) -> Any:
         centre = coarse[:, 0, coarse.shape[2] // 2]
         spread = np.repeat(np.repeat(centre, SCALE, axis=1), SCALE, axis=2)
         return spread / (SCALE * SCALE)
@@ -491,7 +491,7 @@ def network_forward(params: MosaicParams) -> ForwardResult:
     coarse = rng.gamma(2.0, 5.0 * s * s, (batch, 1, t, size // s, size // s)).astype(np.float32)
     start = time.perf_counter()
     for n in counts:
-        np.asarray(predict(aux[:n], coarse[:n]), dtype=np.float32)
+        np.asarray(predict(aux[:n], coarse[:n], None), dtype=np.float32)
     seconds = time.perf_counter() - start
     return ForwardResult(
         windows=len(windows),

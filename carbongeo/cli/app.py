@@ -295,6 +295,15 @@ def train_command(
     help="Model checkpoint (default: <workdir>/checkpoints/best.pt).",
 )
 @click.option(
+    "--method",
+    type=click.Choice(["model", "learned-dasymetric"]),
+    default="model",
+    show_default=True,
+    help="model: the trained network. learned-dasymetric: a random forest fitted in seconds on "
+    "the coarse cells of the training tiles (no network, no GPU, no fine truth), each cell's "
+    "total shared by its per-pixel weights.",
+)
+@click.option(
     "--overlap", type=int, default=None, help="Window overlap in pixels (mosaic.overlap)."
 )
 @click.option(
@@ -311,6 +320,7 @@ def mosaic_command(
     config_path: Path,
     years: tuple[int, ...] | None,
     checkpoint: Path | None,
+    method: str,
     overlap: int | None,
     batch_size: int | None,
     device: str,
@@ -326,6 +336,10 @@ def mosaic_command(
     the output is re-projected to sum to the coarse input, and the GeoTIFF is a Cloud-Optimized
     GeoTIFF on exactly the grid (in --units; the .npy stays per cell). Finished years are
     skipped unless --overwrite. Ends by refreshing the STAC catalog predictions/catalog.json.
+    Pixels of a zero class (aux zero_classes, e.g. water) get no emissions.
+
+    With --method learned-dasymetric no network is read: the files are the same kind, with
+    the method in their tags, so the forest's map can be compared with the model's.
     """
     from carbongeo.config import select_years
     from carbongeo.stages.mosaic import mosaic_years
@@ -343,6 +357,7 @@ def mosaic_command(
         scheduler=scheduler,
         workers=workers,
         units=units,
+        method=method,
     )
     for r in results:
         if as_json:

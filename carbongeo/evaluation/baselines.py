@@ -10,7 +10,10 @@ of its ``scale x scale`` block, in proportion to a non-negative weight
 * ``dasymetric:<band>``: an auxiliary proxy such as night-time lights or population (the
   ODIAC/EDGAR-style proportional allocation).
 
-A block whose weights sum to 0 over its valid pixels falls back to uniform. Hence every block with
+With hard zero classes (``allowed`` False, e.g. water) a block's mass goes only to its allowed
+valid pixels, the others get 0; a block with valid pixels but none allowed keeps its mass over
+its valid pixels (:func:`carbongeo.ops.mass.mass_carriers`). A block whose weights sum to 0 over
+its carrying pixels falls back to uniform. Hence every block with
 a finite coarse value and at least one valid pixel sums exactly (to float64 rounding) to the
 coarse value, and a zero coarse value gives zeros. A block with no valid pixel cannot receive its
 mass: :func:`carbongeo.ops.mass.unplaced_mass` reports it. Pixels that are not valid, or whose
@@ -39,9 +42,11 @@ __all__ = [
 ]
 
 
-def uniform(coarse: np.ndarray, s: int, valid: np.ndarray) -> np.ndarray:
-    """Each coarse value spread evenly over the valid pixels of its block."""
-    return allocate(coarse, s, valid, np.ones(valid.shape))
+def uniform(
+    coarse: np.ndarray, s: int, valid: np.ndarray, allowed: np.ndarray | None = None
+) -> np.ndarray:
+    """Each coarse value spread evenly over the carrying pixels of its block."""
+    return allocate(coarse, s, valid, np.ones(valid.shape), allowed)
 
 
 def bicubic_density(coarse: np.ndarray, s: int) -> np.ndarray:
@@ -56,21 +61,29 @@ def bicubic_density(coarse: np.ndarray, s: int) -> np.ndarray:
     return ndimage.zoom(density, s, order=3, mode="nearest", grid_mode=True)
 
 
-def bicubic(coarse: np.ndarray, s: int, valid: np.ndarray) -> np.ndarray:
+def bicubic(
+    coarse: np.ndarray, s: int, valid: np.ndarray, allowed: np.ndarray | None = None
+) -> np.ndarray:
     """Bicubic upsampling of the coarse density, clipped at 0 and mass-corrected per block."""
-    return allocate(coarse, s, valid, np.maximum(bicubic_density(coarse, s), 0.0))
+    return allocate(coarse, s, valid, np.maximum(bicubic_density(coarse, s), 0.0), allowed)
 
 
-def dasymetric(coarse: np.ndarray, s: int, valid: np.ndarray, proxy: np.ndarray) -> np.ndarray:
+def dasymetric(
+    coarse: np.ndarray,
+    s: int,
+    valid: np.ndarray,
+    proxy: np.ndarray,
+    allowed: np.ndarray | None = None,
+) -> np.ndarray:
     """Coarse mass spread in proportion to a non-negative proxy (night lights, population).
 
-    Blocks where the proxy sums to 0 over the valid pixels fall back to uniform.
+    Blocks where the proxy sums to 0 over the carrying pixels fall back to uniform.
     """
-    return allocate(coarse, s, valid, proxy)
+    return allocate(coarse, s, valid, proxy, allowed)
 
 
 #: Baselines that need no proxy, by name.
-BASELINES: dict[str, Callable[[np.ndarray, int, np.ndarray], np.ndarray]] = {
+BASELINES: dict[str, Callable[[np.ndarray, int, np.ndarray, np.ndarray | None], np.ndarray]] = {
     "uniform": uniform,
     "bicubic": bicubic,
 }
@@ -82,7 +95,11 @@ def method_names(proxy_bands: Sequence[str]) -> list[str]:
 
 
 def run_baselines(
-    coarse: np.ndarray, s: int, valid: np.ndarray, proxies: Mapping[str, np.ndarray]
+    coarse: np.ndarray,
+    s: int,
+    valid: np.ndarray,
+    proxies: Mapping[str, np.ndarray],
+    allowed: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Run every baseline on one tile or scene.
 
@@ -91,11 +108,12 @@ def run_baselines(
         s: Fine pixels per coarse cell side.
         valid: ``[h * s, w * s]`` mask of the pixels that may receive mass.
         proxies: Raw (untransformed) proxy rasters by band name, each ``[h * s, w * s]``.
+        allowed: ``[h * s, w * s]`` bool, pixels that are not a hard zero class, or None.
 
     Returns:
         ``{"uniform": ..., "bicubic": ..., "dasymetric:<band>": ...}`` float64 fine maps.
     """
-    results = {name: method(coarse, s, valid) for name, method in BASELINES.items()}
+    results = {name: method(coarse, s, valid, allowed) for name, method in BASELINES.items()}
     for band, proxy in proxies.items():
-        results[f"dasymetric:{band}"] = dasymetric(coarse, s, valid, proxy)
+        results[f"dasymetric:{band}"] = dasymetric(coarse, s, valid, proxy, allowed)
     return results

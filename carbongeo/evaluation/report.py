@@ -9,7 +9,7 @@ defined in :mod:`carbongeo.evaluation.metrics`. Pure formatting: nothing here re
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,11 @@ class SectionResult:
         data_range: Truth max - min over the evaluated set (SSIM/PSNR).
         coarse_total: Total coarse input over the evaluated tiles.
         unplaced_mass: Coarse mass in blocks where no aux pixel is valid (no baseline can place it).
+        mass_on_masked: Coarse mass in blocks whose valid pixels are all hard zero classes: every
+            method keeps it spread over those pixels rather than dropping it.
+        factor: 0 for a fine-level section (scored against the fine truth); ``k`` for a
+            coarse-level (Wald) section: every method downscaled the coarse product aggregated
+            by ``k`` and is scored against the real product on its cells.
     """
 
     name: str
@@ -68,6 +73,13 @@ class SectionResult:
     data_range: float
     coarse_total: float
     unplaced_mass: float
+    mass_on_masked: float = 0.0
+    factor: int = 0
+
+    @property
+    def level(self) -> str:
+        """``fine`` or ``coarse``."""
+        return "coarse" if self.factor else "fine"
 
     def ranking(self) -> list[str]:
         """Methods by increasing MAE (NaN last)."""
@@ -112,6 +124,9 @@ class SectionResult:
             "data_range": self.data_range,
             "coarse_total": self.coarse_total,
             "unplaced_mass": self.unplaced_mass,
+            "mass_on_masked": self.mass_on_masked,
+            "level": self.level,
+            "factor": self.factor,
             "ranking": self.ranking(),
             "best_baseline": self.best_baseline,
             "verdict": self.verdict(units),
@@ -130,6 +145,8 @@ class EvaluationReport:
         holdout_year: The held-out year of the split, if any.
         markdown_path: ``reports/evaluation.md``.
         json_path: ``reports/evaluation.json``.
+        forests: What each fitted forest is and learned from: ``{method: {"describe",
+            "data", "fit_seconds", "predict_seconds", "samples", "importances"}}``.
     """
 
     sections: tuple[SectionResult, ...]
@@ -138,6 +155,7 @@ class EvaluationReport:
     holdout_year: int | None
     markdown_path: Path
     json_path: Path
+    forests: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (the content of ``evaluation.json``; NaN and inf become null)."""
@@ -148,6 +166,7 @@ class EvaluationReport:
                 "holdout_year": self.holdout_year,
                 "metrics": list(REPORT_METRICS),
                 "sections": [s.to_dict(self.units) for s in self.sections],
+                "forests": self.forests,
                 "markdown": str(self.markdown_path),
             }
         )
@@ -161,6 +180,14 @@ class EvaluationReport:
         )
         for section in self.sections:
             lines += ["", *_section_markdown(section, self.units)]
+        if self.forests:
+            lines += ["", "## Forests", ""]
+            for summary in self.forests.values():
+                shares = ", ".join(f"{k} {v:.2f}" for k, v in summary["importances"].items())
+                lines.append(
+                    f"- {summary['describe']}; learned from {summary['data']}; predicting took "
+                    f"{summary['predict_seconds']:.1f} s. Importances: {shares}."
+                )
         lines += ["", "## Definitions", ""]
         lines += [
             "- R² = 1 - SSE/SST; log1p columns use log1p(max(x, 0)).",
@@ -171,17 +198,31 @@ class EvaluationReport:
             "- block mass err: |block sum - coarse| / coarse over coarse cells > 0 with a "
             "prediction; mass on zero truth: share of predicted mass on cells whose truth is 0.",
             "- total bias: (sum pred - sum truth) / sum truth.",
+            "- learned-dasymetric: a random forest fitted on coarse cells only (cell-mean aux "
+            "-> log mass per pixel), no fine truth; supervised-forest: a random forest fitted on "
+            "the training tiles' fine truth (pixel aux + cell context). Both share each cell's "
+            "mass exactly, like every baseline.",
         ]
         return "\n".join(lines) + "\n"
 
 
 def _section_markdown(section: SectionResult, units: str) -> list[str]:
     years = ", ".join(str(y) for y in section.years)
+    if section.factor:
+        what = (
+            f"Coarse level (Wald protocol, no fine truth used): every method downscaled the coarse "
+            f"product aggregated by k = {section.factor}; its map summed to the product's cells "
+            f"is scored against the real product. Values are per product cell"
+        )
+        unit = "evaluated product cells"
+    else:
+        what = "Fine level: every method is scored against the fine truth (the target)"
+        unit = "evaluated pixels"
     lines = [
         f"## {section.name}",
         "",
-        f"Tiles: {section.n_tiles} ({section.split}) x {len(section.years)} year(s) ({years}); "
-        f"evaluated pixels: {section.n_pixels:,}.",
+        f"{what}. Tiles: {section.n_tiles} ({section.split}) x {len(section.years)} year(s) "
+        f"({years}); {unit}: {section.n_pixels:,}.",
     ]
     if section.coarse_total > 0 and section.unplaced_mass > 0:
         share = section.unplaced_mass / section.coarse_total
@@ -194,6 +235,12 @@ def _section_markdown(section: SectionResult, units: str) -> list[str]:
         for name, m in section.metrics.items()
         if m.get("pred_nodata_pixels", 0) > 0
     }
+    if section.mass_on_masked > 0:
+        share = section.mass_on_masked / max(section.coarse_total, 1e-300)
+        lines.append(
+            f"Coarse mass in blocks made only of zero-class pixels (kept there by every method): "
+            f"{_num(section.mass_on_masked)} ({share:.2%})."
+        )
     if missing:
         listed = ", ".join(f"{name} {count:,}" for name, count in missing.items())
         lines.append(f"Truth-valid pixels without a prediction (counted as 0): {listed}.")

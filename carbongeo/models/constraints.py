@@ -41,7 +41,9 @@ def _check_coarse(fine: Tensor, coarse: Tensor, scale: int) -> None:
         )
 
 
-def mass_conserve(pred: Tensor, coarse: Tensor, scale: int) -> Tensor:
+def mass_conserve(
+    pred: Tensor, coarse: Tensor, scale: int, allowed: Tensor | None = None
+) -> Tensor:
     """Redistribute a fine prediction so that every block sums exactly to its coarse cell.
 
     Within each ``scale x scale`` block the output is ``w * coarse / sum_block(w)`` with
@@ -58,10 +60,16 @@ def mass_conserve(pred: Tensor, coarse: Tensor, scale: int) -> Tensor:
     Works on any ``[..., H, W]`` prediction, e.g. a model output, a mosaic or a baseline map
     ``[B, 1, H, W]`` with its coarse field ``[B, 1, H / scale, W / scale]``.
 
+    With ``allowed`` (hard zero-emission pixels such as water are False), only the allowed pixels
+    of a block share its mass and the others get 0; a block without any allowed pixel keeps its
+    mass over all its pixels (the rule of :func:`carbongeo.ops.mass.mass_carriers`).
+
     Args:
         pred: Fine prediction, linear units, shaped ``[..., H, W]``.
         coarse: Coarse totals (same units summed over a block), shaped ``[..., H/scale, W/scale]``.
         scale: Block size in fine pixels.
+        allowed: bool ``[..., H, W]`` (broadcastable to ``pred``), pixels that may carry mass;
+            None: all.
 
     Returns:
         The conserved prediction, same shape and dtype as ``pred``.
@@ -72,6 +80,12 @@ def mass_conserve(pred: Tensor, coarse: Tensor, scale: int) -> Tensor:
     _check_coarse(pred, coarse, scale)
     finfo = torch.finfo(pred.dtype)
     weights = torch.nan_to_num(pred, nan=0.0, posinf=finfo.max, neginf=0.0).clamp_min(0.0)
+    carriers = None
+    if allowed is not None:
+        allowed = allowed.to(torch.bool).expand_as(pred)
+        stranded = block_sum(allowed.to(pred.dtype), scale) == 0
+        carriers = allowed | upsample_blocks(stranded, scale)
+        weights = torch.where(carriers, weights, torch.zeros_like(weights))
     # The result does not change when a block is rescaled, so detaching the peak is exact.
     peak = block_max(weights, scale).detach()
     usable = peak > finfo.tiny
@@ -81,7 +95,13 @@ def mass_conserve(pred: Tensor, coarse: Tensor, scale: int) -> Tensor:
     total = torch.where(usable, total, torch.ones_like(total))
     coarse = coarse.to(pred.dtype)
     ratio = torch.where(usable, coarse / total, torch.zeros_like(coarse))
-    uniform = upsample_blocks(coarse / (scale * scale), scale)
+    if carriers is None:
+        uniform = upsample_blocks(coarse / (scale * scale), scale)
+    else:
+        shares = carriers.to(pred.dtype) / upsample_blocks(
+            block_sum(carriers.to(pred.dtype), scale), scale
+        )
+        uniform = shares * upsample_blocks(coarse, scale)
     return torch.where(
         upsample_blocks(usable, scale), normalised * upsample_blocks(ratio, scale), uniform
     )
@@ -323,18 +343,19 @@ class MassConstraint(nn.Module):
         super().__init__()
         self.scale = scale
 
-    def forward(self, pred: Tensor, coarse: Tensor) -> Tensor:
+    def forward(self, pred: Tensor, coarse: Tensor, allowed: Tensor | None = None) -> Tensor:
         """Conserve the coarse totals in float32 with autocast disabled.
 
         Args:
             pred: Fine prediction ``[B, C, H, W]``, linear units.
             coarse: Coarse totals ``[B, C, H / scale, W / scale]``.
+            allowed: bool ``[B, 1, H, W]``, pixels that may carry mass (None: all).
 
         Returns:
             The conserved prediction in float32, non-negative where ``coarse`` is.
         """
         with torch.autocast(device_type=pred.device.type, enabled=False):
-            return mass_conserve(pred.float(), coarse.float(), self.scale)
+            return mass_conserve(pred.float(), coarse.float(), self.scale, allowed)
 
     def extra_repr(self) -> str:
         return f"scale={self.scale}"

@@ -191,7 +191,7 @@ class DSTCarbonFormer(nn.Module):
         if tuple(coarse.shape) != expected:
             raise ValueError(f"expected coarse of shape {expected}, got {tuple(coarse.shape)}")
 
-    def forward(self, aux: Tensor, coarse: Tensor) -> Tensor:
+    def forward(self, aux: Tensor, coarse: Tensor, allowed: Tensor | None = None) -> Tensor:
         """Downscale the centre year.
 
         Args:
@@ -200,6 +200,9 @@ class DSTCarbonFormer(nn.Module):
             coarse: Coarse emissions ``[B, 1, T, H/s, W/s]`` in physical units (tonnes per coarse
                 cell), nodata replaced by 0 by the caller. Negative or non-finite values are read
                 as 0.
+            allowed: Optional bool ``[B, 1, H, W]``: pixels that may carry emissions (False on
+                hard zero classes such as water). With the mass constraint on, each block's mass
+                goes to its allowed pixels only (a block with none keeps it over all pixels).
 
         Returns:
             Fine emissions ``[B, 1, H, W]`` of year ``T // 2`` in physical units (tonnes per fine
@@ -237,10 +240,15 @@ class DSTCarbonFormer(nn.Module):
         )
         full = self.stage3(self.sft2(full, self.aux_refine(aux_features)))
         log_ratio = self.head(self.context(full)) + self.aux_prior(aux[:, :, centre])
-        return self._constrain(log_ratio, base, reference, centre_coarse)
+        return self._constrain(log_ratio, base, reference, centre_coarse, allowed)
 
     def _constrain(
-        self, log_ratio: Tensor, base: Tensor, reference: Tensor, coarse: Tensor
+        self,
+        log_ratio: Tensor,
+        base: Tensor,
+        reference: Tensor,
+        coarse: Tensor,
+        allowed: Tensor | None,
     ) -> Tensor:
         with torch.autocast(device_type=log_ratio.device.type, enabled=False):
             log_ratio = LOG_RATIO_LIMIT * torch.tanh(log_ratio.float() / LOG_RATIO_LIMIT)
@@ -250,11 +258,11 @@ class DSTCarbonFormer(nn.Module):
                 # within a block then changes nothing, so training cannot drift towards the
                 # degenerate "smooth reference only" output where the tanh bound saturates and
                 # gradients vanish (seen with the FFT step applied to the raw prediction).
-                pred = mass_conserve(pred, coarse, self.scale)
+                pred = mass_conserve(pred, coarse, self.scale, allowed)
                 pred = self.fft(pred, reference)
             pred = pred.clamp_min(0.0)
             if self.mass is not None:
-                pred = self.mass(pred, coarse)
+                pred = self.mass(pred, coarse, allowed)
         return pred
 
 

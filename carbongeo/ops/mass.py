@@ -6,6 +6,8 @@ block must share. Only the cell's *valid* pixels may carry mass; nodata pixels c
 * :func:`allocate` spreads each cell's mass over its valid pixels in proportion to a weight (the
   baselines);
 * :func:`reproject_mass` rescales a fine prediction onto the coarse totals (the mosaic);
+* :func:`mass_carriers` says which valid pixels carry a cell's mass when some are hard zeros
+  (water), and :func:`mass_on_masked` how much mass had to be left on such pixels;
 * :func:`block_mass_errors` and :func:`unplaced_mass` measure how far a fine field is from its
   coarse totals, and :func:`mass_balance` gathers both for a streamed strip.
 
@@ -26,7 +28,10 @@ __all__ = [
     "MassBalance",
     "allocate",
     "block_mass_errors",
+    "cell_totals",
     "mass_balance",
+    "mass_carriers",
+    "mass_on_masked",
     "reproject_mass",
     "unplaced_mass",
 ]
@@ -43,15 +48,70 @@ def _check_shapes(coarse: np.ndarray, s: int, valid: np.ndarray) -> None:
         raise ValueError(f"valid mask {valid.shape} is not coarse {coarse.shape} times scale {s}")
 
 
-def allocate(coarse: np.ndarray, s: int, valid: np.ndarray, weight: np.ndarray) -> np.ndarray:
+def mass_carriers(valid: np.ndarray, allowed: np.ndarray | None, s: int) -> np.ndarray:
+    """The valid pixels that carry their cell's mass when some pixels are hard zeros.
+
+    A cell's mass goes to its valid pixels that are ``allowed`` (not a zero class such as water).
+    A cell with valid pixels but none allowed keeps its mass spread over its valid pixels rather
+    than losing it; :func:`mass_on_masked` counts that mass.
+
+    Args:
+        valid: ``[h * s, w * s]`` bool, pixels with data.
+        allowed: ``[h * s, w * s]`` bool, pixels that may carry emissions, or None (all).
+        s: Fine pixels per coarse cell side.
+
+    Returns:
+        ``[h * s, w * s]`` bool.
+    """
+    valid = np.asarray(valid, dtype=bool)
+    if allowed is None:
+        return valid
+    carriers = valid & np.asarray(allowed, dtype=bool)
+    stranded = (block_sum(carriers, s) == 0) & (block_sum(valid, s) > 0)
+    return carriers | (valid & upsample_blocks(stranded, s))
+
+
+def mass_on_masked(
+    coarse: np.ndarray, s: int, valid: np.ndarray, allowed: np.ndarray | None
+) -> float:
+    """Mass of the positive cells whose valid pixels are all hard zeros (kept on them).
+
+    Args:
+        coarse: ``[h, w]`` coarse totals (NaN nodata).
+        s: Scale.
+        valid: ``[h * s, w * s]`` bool, pixels with data.
+        allowed: ``[h * s, w * s]`` bool, pixels that may carry emissions, or None (all).
+
+    Returns:
+        The mass, in the units of ``coarse`` (0.0 without ``allowed``).
+    """
+    if allowed is None:
+        return 0.0
+    coarse = np.asarray(coarse, dtype=np.float64)
+    valid = np.asarray(valid, dtype=bool)
+    _check_shapes(coarse, s, valid)
+    none_allowed = block_sum(valid & np.asarray(allowed, dtype=bool), s) == 0
+    stranded = none_allowed & (block_sum(valid, s) > 0)
+    return float(coarse[_positive(coarse) & stranded].sum())
+
+
+def allocate(
+    coarse: np.ndarray,
+    s: int,
+    valid: np.ndarray,
+    weight: np.ndarray,
+    allowed: np.ndarray | None = None,
+) -> np.ndarray:
     """Spread each coarse cell's mass over its block in proportion to ``weight``.
 
     Args:
         coarse: ``[h, w]`` mass per coarse cell; NaN is nodata.
         s: Fine pixels per coarse cell side.
-        valid: ``[h * s, w * s]`` bool mask of the fine pixels that may receive mass.
+        valid: ``[h * s, w * s]`` bool mask of the fine pixels with data.
         weight: ``[h * s, w * s]`` weights; negative and non-finite values count as 0. Blocks
-            whose valid weights sum to 0 are filled uniformly over their valid pixels.
+            whose weights sum to 0 over the carrying pixels are filled uniformly over them.
+        allowed: ``[h * s, w * s]`` bool, pixels that may carry emissions (None: all); the mass
+            goes to :func:`mass_carriers` and the other valid pixels get 0.
 
     Returns:
         ``[h * s, w * s]`` float64 fine mass; NaN where not valid or where the coarse cell is NaN.
@@ -61,19 +121,25 @@ def allocate(coarse: np.ndarray, s: int, valid: np.ndarray, weight: np.ndarray) 
     _check_shapes(coarse, s, valid)
     if weight.shape != valid.shape:
         raise ValueError(f"weight {weight.shape} does not match the valid mask {valid.shape}")
+    carriers = mass_carriers(valid, allowed, s)
     w = np.asarray(weight, dtype=np.float64)
-    w = np.where(valid & np.isfinite(w), np.maximum(w, 0.0), 0.0)
+    w = np.where(carriers & np.isfinite(w), np.maximum(w, 0.0), 0.0)
     w_sum = upsample_blocks(block_sum(w, s), s)
-    n_valid = upsample_blocks(block_sum(valid, s), s)
+    n_carriers = upsample_blocks(block_sum(carriers, s), s)
     with np.errstate(divide="ignore", invalid="ignore"):
-        share = np.where(w_sum > 0, w / w_sum, np.where(valid, 1.0, 0.0) / n_valid)
+        share = np.where(w_sum > 0, w / w_sum, np.where(carriers, 1.0, 0.0) / n_carriers)
     out = share * upsample_blocks(coarse, s)
+    out[valid & ~carriers] = 0.0
     out[~valid] = np.nan
     return out
 
 
 def reproject_mass(
-    pred: np.ndarray, valid: np.ndarray, coarse: np.ndarray, scale: int
+    pred: np.ndarray,
+    valid: np.ndarray,
+    coarse: np.ndarray,
+    scale: int,
+    allowed: np.ndarray | None = None,
 ) -> np.ndarray:
     """Rescale a fine field so that its valid pixels sum to the coarse total of every cell.
 
@@ -90,21 +156,31 @@ def reproject_mass(
         valid: bool ``[H, W]``, pixels that may carry mass.
         coarse: Coarse totals ``[H / scale, W / scale]``; NaN counts as 0.
         scale: Fine pixels per coarse cell side.
+        allowed: bool ``[H, W]``, pixels that may carry emissions (None: all); the mass goes to
+            :func:`mass_carriers` and the other valid pixels get 0.
 
     Returns:
         float64 ``[H, W]``: the conserved field, NaN where ``valid`` is False.
     """
     h, w = pred.shape
-    usable = valid & np.isfinite(pred) & (pred > 0)
+    carriers = mass_carriers(valid, allowed, scale)
+    usable = carriers & np.isfinite(pred) & (pred > 0)
     weights = np.where(usable, pred, 0.0).astype(np.float64)
-    starving = (block_sum(weights, scale) <= 0) & (block_sum(valid, scale) > 0)
-    weights = np.where(valid & upsample_blocks(starving, scale), 1.0, weights)
+    starving = (block_sum(weights, scale) <= 0) & (block_sum(carriers, scale) > 0)
+    weights = np.where(carriers & upsample_blocks(starving, scale), 1.0, weights)
     totals = block_sum(weights, scale)
     mass = np.nan_to_num(coarse.astype(np.float64), nan=0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(totals > 0, mass / totals, 0.0)
     blocks = weights.reshape(h // scale, scale, w // scale, scale) * ratio[:, None, :, None]
     return np.where(valid, blocks.reshape(h, w), np.nan)
+
+
+def cell_totals(fine: np.ndarray, s: int) -> np.ndarray:
+    """Sum ``[..., H, W]`` over ``s x s`` blocks in float64; nodata (non-finite) counts as 0 and
+    a block without any finite pixel is NaN (the coarse cells of a fine map)."""
+    sums = block_sum(fine, s, nodata_as_zero=True)
+    return np.where(block_sum(np.isfinite(fine), s) > 0, sums, np.nan)
 
 
 def _positive(coarse: np.ndarray) -> np.ndarray:

@@ -3,22 +3,30 @@
 This module reads the tiles, coarse inputs and predictions and wires them together: for the
 evaluated split (and the held-out year, when the split has one) it pools the metrics of the model
 and of every baseline over every evaluated pixel of every tile and year, then writes the reports.
-The metrics are defined in :mod:`carbongeo.evaluation.metrics`, the baselines in
-:mod:`carbongeo.evaluation.baselines` and the report in :mod:`carbongeo.evaluation.report`.
+The baselines include the two forests, fitted once on the training tiles
+(:mod:`carbongeo.stages.forests`). The metrics are defined in
+:mod:`carbongeo.evaluation.metrics`, the baselines in :mod:`carbongeo.evaluation.baselines` and
+:mod:`carbongeo.evaluation.forest`, and the report in :mod:`carbongeo.evaluation.report`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+import math
+import time
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from carbongeo.config import PipelineConfig
 from carbongeo.errors import ConfigError, ParameterError
 from carbongeo.evaluation.baselines import method_names, run_baselines
+from carbongeo.evaluation.forest import FittedForest
 from carbongeo.evaluation.metrics import MetricPool
 from carbongeo.evaluation.report import MODEL, EvaluationReport, SectionResult
-from carbongeo.ops.mass import unplaced_mass
+from carbongeo.ops.blocks import block_sum
+from carbongeo.ops.mass import cell_totals, mass_on_masked, unplaced_mass
+from carbongeo.stages.forests import FOREST_DATA, fit_run_forests, forest_sample
 from carbongeo.stages.freshness import check_prediction, check_split, check_tiles
 from carbongeo.store.layout import missing_input
 from carbongeo.store.predictions import require_prediction
@@ -36,14 +44,32 @@ def proxy_bands(store: TileStore) -> list[str]:
 
 
 def tile_baselines(
-    store: TileStore, tile: TileData, names: Sequence[str] | None = None
+    store: TileStore,
+    tile: TileData,
+    names: Sequence[str] | None = None,
+    forests: Mapping[str, FittedForest] | None = None,
+    seconds: dict[str, float] | None = None,
 ) -> dict[str, np.ndarray]:
-    """The baselines on one tile (all of them, or only ``names``)."""
+    """The baselines on one tile (all of them, or only ``names``), the forests included.
+
+    Args:
+        store: The run's tiles.
+        tile: The loaded tile.
+        names: The baselines wanted; default all.
+        forests: Fitted forests by method name, run like the other baselines.
+        seconds: When given, each forest's prediction time is added to ``seconds[method]``.
+    """
     proxies = {b: tile.band(b) for b in proxy_bands(store)}
     if names is not None:
         wanted = {n.split(":", 1)[1] for n in names if n.startswith("dasymetric:")}
         proxies = {b: p for b, p in proxies.items() if b in wanted}
-    results = run_baselines(tile.coarse, store.scale, tile.domain, proxies)
+    results = run_baselines(tile.coarse, store.scale, tile.domain, proxies, tile.allowed)
+    for method, forest in (forests or {}).items():
+        if names is None or method in names:
+            start = time.perf_counter()
+            results[method] = forest.allocate(forest_sample(store, tile))
+            if seconds is not None:
+                seconds[method] = seconds.get(method, 0.0) + time.perf_counter() - start
     return results if names is None else {n: results[n] for n in names if n in results}
 
 
@@ -78,11 +104,12 @@ def evaluate(
     check_tiles(config, store.index)
     tile_split = load_split(config.tiles_dir)
     check_split(config, tile_split)
-    check_split(config, tile_split)
     years = _years_with_predictions(config, store, years)
     for year in years:
         check_prediction(config, config.layout.prediction_tif(year), year)
     holdout = tile_split.holdout_year
+    forests = fit_run_forests(store)
+    predict_seconds: dict[str, float] = {}
     sections: list[SectionResult] = []
     main_years = [y for y in years if y != holdout]
     if main_years:
@@ -92,11 +119,27 @@ def evaluate(
                 f"{config.layout.tiles.split} has no {subset} tiles; change split.ratios and "
                 f"rerun: carbongeo split --config {config.path}"
             )
-        sections.append(_evaluate_section(store, subset, subset, main_years, ids, progress))
+        sections.append(
+            _evaluate_section(
+                store, subset, subset, main_years, ids, forests, predict_seconds, progress
+            )
+        )
+    if main_years:
+        for factor in _wald_factors(store):
+            sections.append(
+                _wald_section(store, subset, main_years, tile_split.ids(subset), forests, factor)
+            )
     if holdout is not None and holdout in years:
         sections.append(
             _evaluate_section(
-                store, f"holdout {holdout}", "all", [holdout], store.tile_ids, progress
+                store,
+                f"holdout {holdout}",
+                "all",
+                [holdout],
+                store.tile_ids,
+                forests,
+                predict_seconds,
+                progress,
             )
         )
     report = EvaluationReport(
@@ -106,6 +149,17 @@ def evaluate(
         holdout_year=holdout,
         markdown_path=config.layout.evaluation_md,
         json_path=config.layout.evaluation_json,
+        forests={
+            method: {
+                "describe": forest.describe(),
+                "data": FOREST_DATA[method],
+                "samples": forest.n_samples,
+                "fit_seconds": forest.fit_seconds,
+                "predict_seconds": predict_seconds.get(method, 0.0),
+                "importances": forest.importances(),
+            }
+            for method, forest in forests.items()
+        },
     )
     write_evaluation(config.layout, report.to_markdown(), report.to_dict())
     return report
@@ -136,15 +190,18 @@ def _evaluate_section(
     subset: str,
     years: Sequence[int],
     tile_ids: Sequence[int],
+    forests: Mapping[str, FittedForest],
+    predict_seconds: dict[str, float],
     progress: bool,
 ) -> SectionResult:
     from tqdm.auto import tqdm
 
     data_range, log_range = store.truth_range(years, tile_ids)
-    methods = [MODEL, *method_names(proxy_bands(store))]
+    methods = [MODEL, *method_names(proxy_bands(store)), *forests]
     pool = MetricPool(methods, data_range=data_range, log_data_range=log_range)
     coarse_total = 0.0
     unplaced = 0.0
+    on_masked = 0.0
     s = store.scale
     with tqdm(
         total=len(years) * len(tile_ids),
@@ -157,10 +214,12 @@ def _evaluate_section(
             for tile_id in tile_ids:
                 tile = store.load(year, tile_id)
                 assert tile.truth is not None and tile.prediction is not None
-                preds = {MODEL: tile.prediction, **tile_baselines(store, tile)}
+                baselines = tile_baselines(store, tile, forests=forests, seconds=predict_seconds)
+                preds = {MODEL: tile.prediction, **baselines}
                 pool.add(tile.truth, tile.coarse, s, tile.inside, preds, water=tile.water)
                 coarse_total += float(np.nansum(tile.coarse))
                 unplaced += unplaced_mass(tile.coarse, s, tile.domain)
+                on_masked += mass_on_masked(tile.coarse, s, tile.domain, tile.allowed)
                 bar.update()
     return SectionResult(
         name=name,
@@ -172,4 +231,70 @@ def _evaluate_section(
         data_range=data_range,
         coarse_total=coarse_total,
         unplaced_mass=unplaced,
+        mass_on_masked=on_masked,
+    )
+
+
+# =========================================================================== coarse level (Wald)
+# Wald's protocol (Wald, Ranchin & Mangolini 1997) scores a downscaler where no fine truth exists:
+# the coarse product, aggregated by k into cells of k s pixels, is downscaled by every method with
+# mass conserved on those cells; the fine map summed back to the product's s x s cells is compared
+# with the real product. Placing mass well inside a k s cell is what gets the product's cells
+# right, so the table ranks the methods without a single fine pixel of truth.
+WALD_FACTORS: tuple[int, ...] = (2, 4)
+
+
+def _wald_factors(store: TileStore) -> list[int]:
+    """The factors ``k`` of the coarse-level tables that divide the tiles' cells per side."""
+    cells = store.tile_size // store.scale
+    return [k for k in WALD_FACTORS if cells % k == 0]
+
+
+def _wald_section(
+    store: TileStore,
+    subset: str,
+    years: Sequence[int],
+    tile_ids: Sequence[int],
+    forests: Mapping[str, FittedForest],
+    factor: int,
+) -> SectionResult:
+    """Every method on the product aggregated by ``factor``, scored on the product's cells."""
+    s = store.scale
+    names = [*method_names(proxy_bands(store)), *forests]
+    tiles = [(year, tile_id) for year in years for tile_id in tile_ids]
+    lo, hi = math.inf, -math.inf
+    for year, tile_id in tiles:
+        product = store.load(year, tile_id, with_prediction=False).coarse
+        finite = product[np.isfinite(product)]
+        if finite.size:
+            lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
+    data_range = max(hi - lo, 0.0) if hi >= lo else 0.0
+    log_range = float(np.log1p(max(hi, 0.0)) - np.log1p(max(lo, 0.0))) if hi >= lo else 0.0
+    pool = MetricPool(names, data_range=data_range, log_data_range=log_range)
+    coarse_total = 0.0
+    for year, tile_id in tiles:
+        tile = store.load(year, tile_id, with_prediction=False)
+        proxies = {b: tile.band(b) for b in proxy_bands(store)}
+        product = tile.coarse
+        degraded = cell_totals(product, factor)
+        side = factor * s
+        fine = run_baselines(degraded, side, tile.domain, proxies, tile.allowed)
+        sample = dataclasses.replace(forest_sample(store, tile), coarse=degraded)
+        for name, forest in forests.items():
+            fine[name] = forest.allocate(sample, side)
+        cells = {name: cell_totals(field, s) for name, field in fine.items()}
+        evaluated = block_sum(tile.domain, s) > 0
+        pool.add(product, degraded, factor, evaluated, cells)
+        coarse_total += float(np.nansum(tile.coarse))
+    return SectionResult(
+        name=f"coarse level, k = {factor}: {subset}",
+        split=subset,
+        years=tuple(years),
+        n_tiles=len(tile_ids),
+        n_pixels=pool.n_pixels,
+        metrics=pool.results(),
+        data_range=data_range,
+        coarse_total=coarse_total,
+        unplaced_mass=0.0,
+        factor=factor,
     )

@@ -11,7 +11,12 @@ Memory is therefore flat in the scene area (it grows with the scene width only).
 
 A pixel is nodata (NaN) when it lies outside the scene, when no aux band of the centre year has
 data there (:func:`carbongeo.ops.domain.aux_domain`), or when its coarse cell is nodata;
-nodata pixels carry no mass.
+nodata pixels carry no mass. Pixels of a hard zero class (``zero_classes``, e.g. water) are 0:
+each cell's mass goes to its other valid pixels (:func:`carbongeo.ops.mass.mass_carriers`).
+
+The prediction comes from the network of a checkpoint (``method="model"``) or from the
+learned-dasymetric forest fitted on the run's coarse cells (``method="learned-dasymetric"``,
+no network and no GPU); both stream through the same core and give the same kind of files.
 
 :func:`predict_scene` is the pure streaming core: it takes any predict function, any window reader
 and any row sink. :func:`mosaic_years` wires it to the tile cubes, a checkpoint and the outputs
@@ -25,9 +30,9 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,20 +42,35 @@ import torch
 from tqdm import tqdm
 
 from carbongeo.device import resolve_device
-from carbongeo.errors import CheckpointError, ParameterError
+from carbongeo.errors import CheckpointError, InputDataError, ParameterError
+from carbongeo.evaluation.forest import LEARNED_DASYMETRIC, FittedForest
 from carbongeo.grid import Grid, Window
 from carbongeo.models.finite import raw_prediction_guard
-from carbongeo.ops.blocks import block_sum, upsample_blocks
-from carbongeo.ops.domain import aux_domain
-from carbongeo.ops.mass import mass_balance, reproject_mass
+from carbongeo.ops.blocks import upsample_blocks
+from carbongeo.ops.domain import allowed_pixels, aux_domain
+from carbongeo.ops.mass import (
+    cell_totals,
+    mass_balance,
+    mass_carriers,
+    mass_on_masked,
+    reproject_mass,
+)
 from carbongeo.outputs.units import cog_units
 from carbongeo.parallel import check_options, picklable_errors, run_tasks
+from carbongeo.stages.forests import fit_store_forest, forest_id, forest_predictor
 from carbongeo.stages.freshness import check_checkpoint, check_tiles
 from carbongeo.stages.prediction_checks import check_finite_predictions, non_finite_raw_prediction
 from carbongeo.store.checkpoint import Checkpoint, load_checkpoint
 from carbongeo.store.layout import missing_input
 from carbongeo.store.predictions import file_sha256, open_prediction_pair, prediction_done
-from carbongeo.store.tiles import TileIndex, check_cubes, load_index, open_cube, read_window
+from carbongeo.store.tiles import (
+    TileIndex,
+    TileStore,
+    check_cubes,
+    load_index,
+    open_cube,
+    read_window,
+)
 from carbongeo.training.data import window_years
 from carbongeo.training.normalization import Normalization
 from carbongeo.training.setup import model_from_checkpoint
@@ -61,11 +81,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Predictor = Callable[[np.ndarray, np.ndarray], np.ndarray]
-"""``predict(aux [B, C, T, h, w], coarse [B, 1, T, h/s, w/s]) -> [B, h, w]`` (or ``[B, 1, h, w]``).
+Predictor = Callable[[np.ndarray, np.ndarray, "np.ndarray | None"], np.ndarray]
+"""``predict(aux [B, C, T, h, w], coarse [B, 1, T, h/s, w/s], allowed) -> [B, h, w]``.
 
-``aux`` is normalised with nodata set to 0; ``coarse`` is in physical units with nodata set to 0;
-the result is the centre year in physical units.
+``aux`` is as the reader gives it (normalised with nodata set to 0 for the network); ``coarse`` is
+in physical units with nodata set to 0; ``allowed`` is the reader's hard zero-class mask
+``[B, h, w]`` or None. The result (or ``[B, 1, h, w]``) is the centre year in physical units, or
+any non-negative weights: the mosaic shares each cell's mass in proportion to it.
 """
 
 RowSink = Callable[[np.ndarray], None]
@@ -82,12 +104,14 @@ class WindowBatch:
         valid: bool ``[B, h, w]``, True inside the aux domain of the centre year.
         mass: float32 ``[B, h/s, w/s]``, the centre year's coarse totals the output must match,
             NaN where the coarse cell is nodata.
+        allowed: bool ``[B, h, w]``, False on hard zero-class pixels, or None without any.
     """
 
     aux: np.ndarray
     coarse: np.ndarray
     valid: np.ndarray
     mass: np.ndarray
+    allowed: np.ndarray | None = None
 
 
 WindowReader = Callable[[Sequence[Window]], WindowBatch]
@@ -108,6 +132,8 @@ class SceneStats:
             output cannot carry.
         worst_cell_rel_error: Largest ``|sum(output) - coarse| / coarse`` over the coarse cells
             with a positive total and at least one valid pixel (0.0 when there is none).
+        mass_on_masked: Total of the positive cells whose valid pixels are all of a zero class:
+            their mass stays spread over those pixels.
     """
 
     windows: int = 0
@@ -117,6 +143,7 @@ class SceneStats:
     coarse_mass: float = 0.0
     unplaced_mass: float = 0.0
     worst_cell_rel_error: float = 0.0
+    mass_on_masked: float = 0.0
 
     @property
     def megapixels_per_s(self) -> float:
@@ -194,6 +221,7 @@ class _Strip:
         self.weighted = np.zeros((0, width), dtype=np.float32)
         self.weight = np.zeros((0, width), dtype=np.float32)
         self.valid = np.zeros((0, width), dtype=bool)
+        self.allowed = np.ones((0, width), dtype=bool)
         self.mass = np.full((0, width // scale), np.nan, dtype=np.float32)
 
     def _reserve(self, bottom: int) -> None:
@@ -204,6 +232,7 @@ class _Strip:
         self.weighted = np.concatenate([self.weighted, np.zeros((extra, self.width), np.float32)])
         self.weight = np.concatenate([self.weight, np.zeros((extra, self.width), np.float32)])
         self.valid = np.concatenate([self.valid, np.zeros((extra, self.width), bool)])
+        self.allowed = np.concatenate([self.allowed, np.ones((extra, self.width), bool)])
         cells = np.full((extra // self.scale, self.width // self.scale), np.nan, np.float32)
         self.mass = np.concatenate([self.mass, cells])
 
@@ -214,8 +243,10 @@ class _Strip:
         weight: np.ndarray,
         valid: np.ndarray,
         mass: np.ndarray,
+        allowed: np.ndarray | None = None,
     ) -> None:
-        """Accumulate one window; ``valid`` and ``mass`` agree between windows, so they are set."""
+        """Accumulate one window; ``valid``, ``mass`` and ``allowed`` agree between windows, so
+        they are set."""
         if window.row < self.top:
             raise ValueError(f"window at row {window.row} is above the flushed rows ({self.top})")
         self._reserve(window.row + window.height)
@@ -224,26 +255,32 @@ class _Strip:
         self.weighted[rows, cols] += weight * pred
         self.weight[rows, cols] += weight
         self.valid[rows, cols] = valid
+        if allowed is not None:
+            self.allowed[rows, cols] = allowed
         s = self.scale
         cell_rows = slice(rows.start // s, rows.stop // s)
         self.mass[cell_rows, window.col // s : (window.col + window.width) // s] = mass
 
-    def pop(self, bottom: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Remove rows ``[top, bottom)``; returns their blended values, validity, coarse cells."""
+    def pop(self, bottom: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Remove rows ``[top, bottom)``; returns their blended values, validity, coarse cells
+        and zero-class mask."""
         n = bottom - self.top
         self._reserve(bottom)
         with np.errstate(invalid="ignore", divide="ignore"):
             blended = self.weighted[:n] / self.weight[:n]
         valid = self.valid[:n] & (self.weight[:n] > 0)
         mass = self.mass[: n // self.scale].copy()
-        for array in (self.weighted, self.weight, self.valid):
+        allowed = self.allowed[:n].copy()
+        for array in (self.weighted, self.weight, self.valid, self.allowed):
             array[: -n or None] = array[n:]  # numpy copies overlapping ranges correctly
+        for array in (self.weighted, self.weight, self.valid):
             array[array.shape[0] - n :] = 0
+        self.allowed[self.allowed.shape[0] - n :] = True
         cells = n // self.scale
         self.mass[: self.mass.shape[0] - cells] = self.mass[cells:]
         self.mass[self.mass.shape[0] - cells :] = np.nan
         self.top = bottom
-        return blended, valid, mass
+        return blended, valid, mass, allowed
 
 
 # --------------------------------------------------------------------------- the streaming core
@@ -303,7 +340,7 @@ def predict_scene(
 
     def emit(bottom: int) -> None:
         top = strip.top
-        blended, valid, mass = strip.pop(bottom)
+        blended, valid, mass, allowed = strip.pop(bottom)
         inside_rows = np.arange(top, bottom) < grid.height
         valid &= inside_rows[:, None] & inside_cols[None, :]
         valid &= upsample_blocks(np.isfinite(mass), s)
@@ -312,10 +349,17 @@ def predict_scene(
         for c0 in range(0, extent_cols, chunk):
             cols = slice(c0, min(c0 + chunk, extent_cols))
             cells = slice(cols.start // s, cols.stop // s)
+            carriers = mass_carriers(valid[:, cols], allowed[:, cols], s)
             if conserve_mass:
-                out[:, cols] = reproject_mass(blended[:, cols], valid[:, cols], mass[:, cells], s)
+                out[:, cols] = reproject_mass(
+                    blended[:, cols], valid[:, cols], mass[:, cells], s, allowed[:, cols]
+                )
             else:
-                out[:, cols] = np.where(valid[:, cols], blended[:, cols], np.nan)
+                out[:, cols] = np.where(carriers, blended[:, cols], 0.0)
+                out[:, cols][~valid[:, cols]] = np.nan
+            stats.mass_on_masked += mass_on_masked(
+                mass[:, cells], s, valid[:, cols], allowed[:, cols]
+            )
             balance = mass_balance(out[:, cols], mass[:, cells], s)
             stats.worst_cell_rel_error = max(stats.worst_cell_rel_error, balance.worst_rel_error)
             stats.coarse_mass += balance.coarse_mass
@@ -341,12 +385,13 @@ def predict_scene(
             inputs = pending.result()
             if k + 1 < len(batches):
                 pending = pool.submit(read, batches[k + 1])
-            preds = np.asarray(predict(inputs.aux, inputs.coarse), dtype=np.float32)
+            preds = np.asarray(predict(inputs.aux, inputs.coarse, inputs.allowed), np.float32)
             preds = preds.reshape(len(batch), size, size)
             check_finite_predictions(preds, inputs.valid, batch)
             for i, window in enumerate(batch):
                 weight = np.outer(row_profiles[window.row], col_profiles[window.col])
-                strip.add(window, preds[i], weight, inputs.valid[i], inputs.mass[i])
+                allowed = None if inputs.allowed is None else inputs.allowed[i]
+                strip.add(window, preds[i], weight, inputs.valid[i], inputs.mass[i], allowed)
             bar.update(len(batch))
             done = batches[k + 1][0].row if k + 1 < len(batches) else extent_rows
             if done > strip.top:
@@ -357,7 +402,7 @@ def predict_scene(
 
 # --------------------------------------------------------------------------- model and inputs
 def torch_predictor(model: torch.nn.Module, device: torch.device | str = "cpu") -> Predictor:
-    """Wrap a network ``model(aux, coarse) -> [B, 1, H, W]`` as a :data:`Predictor`.
+    """Wrap a network ``model(aux, coarse, allowed) -> [B, 1, H, W]`` as a :data:`Predictor`.
 
     The model runs in eval mode under ``torch.inference_mode``, with autocast (bf16, or fp16 on
     GPUs without bf16) on CUDA only; the output is returned as float32 on the CPU.
@@ -368,7 +413,7 @@ def torch_predictor(model: torch.nn.Module, device: torch.device | str = "cpu") 
     if device.type == "cuda":
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
-    def predict(aux: np.ndarray, coarse: np.ndarray) -> np.ndarray:
+    def predict(aux: np.ndarray, coarse: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
         non_blocking = device.type == "cuda"
         with (
             torch.inference_mode(),
@@ -377,7 +422,10 @@ def torch_predictor(model: torch.nn.Module, device: torch.device | str = "cpu") 
         ):
             aux_t = torch.from_numpy(aux).to(device, non_blocking=non_blocking)
             coarse_t = torch.from_numpy(coarse).to(device, non_blocking=non_blocking)
-            out = model(aux_t, coarse_t)
+            allowed_t = None
+            if allowed is not None:
+                allowed_t = torch.from_numpy(allowed[:, None]).to(device, non_blocking=non_blocking)
+            out = model(aux_t, coarse_t, allowed=allowed_t)
         if non_finite:  # the mass constraint would have hidden it as a uniform split
             raise non_finite_raw_prediction(non_finite[0])
         return out.float().cpu().numpy()
@@ -387,9 +435,7 @@ def torch_predictor(model: torch.nn.Module, device: torch.device | str = "cpu") 
 
 def coarse_from_fine(fine: np.ndarray, scale: int) -> np.ndarray:
     """Sum ``[..., H, W]`` over ``scale`` blocks; nodata counts as 0, all-nodata blocks are NaN."""
-    sums = block_sum(fine, scale, nodata_as_zero=True).astype(np.float32)
-    sums[block_sum(np.isfinite(fine), scale) == 0] = np.nan
-    return sums
+    return cell_totals(fine, scale).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -402,18 +448,23 @@ class CubeReader:
     Attributes:
         tiles_dir: Folder with ``index.json`` and the cubes.
         grid: The grid of the tiles.
-        norm: Aux normalisation of the checkpoint.
+        norm: Aux normalisation of the checkpoint; None gives the cube values (after the band
+            transforms, NaN nodata), as the forests read them.
         years: The input years in order (their centre is the predicted year); repeated years are
             read once.
         has_coarse: Read the coarse field from ``C_<year>.npy`` (a real coarse product) instead of
             summing the target ``Y_<year>.npy`` over coarse cells.
+        bands: Aux band names in channel order (for ``zero_classes``).
+        zero_classes: Class values per categorical band on which no emissions can be.
     """
 
     tiles_dir: Path
     grid: Grid
-    norm: Normalization
+    norm: Normalization | None
     years: tuple[int, ...]
     has_coarse: bool
+    bands: tuple[str, ...] = ()
+    zero_classes: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
 
     def __call__(self, windows: Sequence[Window]) -> WindowBatch:
         s = self.grid.scale
@@ -443,10 +494,11 @@ class CubeReader:
         valid = aux_domain(aux[:, :, centre], channel_axis=1)
         mass = coarse[:, 0, centre].copy()
         return WindowBatch(
-            aux=self.norm.normalize_aux(aux, channel_axis=1),
+            aux=aux if self.norm is None else self.norm.normalize_aux(aux, channel_axis=1),
             coarse=np.nan_to_num(coarse, nan=0.0, posinf=0.0, neginf=0.0),
             valid=valid,
             mass=mass,
+            allowed=allowed_pixels(aux[:, :, centre], self.bands, self.zero_classes, 1),
         )
 
 
@@ -464,6 +516,7 @@ class MosaicResult:
         worst_cell_rel_error: Largest relative block-sum error over positive coarse cells.
         coarse_mass: Total of the positive coarse cells.
         unplaced_mass: Coarse mass over cells without a valid pixel (not in the output).
+        mass_on_masked: Coarse mass over cells made only of zero-class pixels (kept on them).
         valid_pixels: Pixels with a value.
         windows: Windows predicted.
         seconds: Wall time of the year, writing included.
@@ -477,6 +530,7 @@ class MosaicResult:
     worst_cell_rel_error: float | None = None
     coarse_mass: float | None = None
     unplaced_mass: float | None = None
+    mass_on_masked: float | None = None
     valid_pixels: int | None = None
     windows: int = 0
     seconds: float = 0.0
@@ -507,47 +561,81 @@ def _check_inputs(tiles_dir: Path, index: TileIndex, years: Sequence[int]) -> No
     check_cubes(tiles_dir, index, years, target=not has_coarse, coarse=has_coarse)
 
 
+METHODS: tuple[str, ...] = ("model", LEARNED_DASYMETRIC)
+"""What a mosaic can predict with: the network of a checkpoint, or the learned-dasymetric forest."""
+
+
 @dataclass(frozen=True)
 class _Job:
-    """Everything one year needs besides the model (picklable, for dask tasks)."""
+    """Everything one year needs besides the network (picklable, for dask tasks).
+
+    ``checkpoint`` is the network's (method ``model``); ``forest`` the fitted forest (method
+    ``learned-dasymetric``).
+    """
 
     config: PipelineConfig
     year: int
-    checkpoint: Path
+    checkpoint: Path | None
     model_id: str
     overlap: int
     batch_size: int
     device: str
     threads: int
     units: str = "per_cell"
+    forest: FittedForest | None = None
+
+
+_Network = tuple["DSTCarbonFormer", Normalization, Checkpoint]
 
 
 def _run_year(
-    job: _Job,
-    index: TileIndex,
-    model: DSTCarbonFormer,
-    norm: Normalization,
-    state: Checkpoint,
-    *,
-    progress: bool,
+    job: _Job, index: TileIndex, network: _Network | None, *, progress: bool
 ) -> MosaicResult:
     from carbongeo import __version__
 
     config = job.config
     grid = index.grid
-    years = input_years(index, job.year, model.temporal)
+    if job.forest is not None:
+        years: tuple[int, ...] = (job.year,)
+        reader = CubeReader(
+            config.tiles_dir,
+            grid,
+            None,
+            years,
+            index.has_coarse,
+            index.bands,
+            config.zero_classes(),
+        )
+        predict = forest_predictor(job.forest)
+        method_tags = {"method": LEARNED_DASYMETRIC, "forest": job.forest.describe()}
+    else:
+        assert network is not None and job.checkpoint is not None
+        model, norm, state = network
+        years = input_years(index, job.year, model.temporal)
+        reader = CubeReader(
+            config.tiles_dir,
+            grid,
+            norm,
+            years,
+            index.has_coarse,
+            index.bands,
+            config.zero_classes(),
+        )
+        predict = torch_predictor(model, resolve_device(job.device))
+        method_tags = {
+            "method": "model",
+            "checkpoint": job.checkpoint.name,
+            "training_data_hash": state.data_hash,
+        }
     _check_inputs(config.tiles_dir, index, years)
-    reader = CubeReader(config.tiles_dir, grid, norm, years, index.has_coarse)
-    predict = torch_predictor(model, resolve_device(job.device))
     units = index.target.get("units") or config.target.units
     cog = cog_units(units, job.units, grid, job.year)
     tags = {
         "units": units,
         "year": str(job.year),
         "model_id": job.model_id,
-        "checkpoint": job.checkpoint.name,
+        **method_tags,
         "config_hash": config.data_hash(),
-        "training_data_hash": state.data_hash,
         "carbongeo_version": __version__,
         "scale": str(grid.scale),
         "tile_size": str(grid.tile_size),
@@ -573,6 +661,7 @@ def _run_year(
         tif.update_tags(
             mass_worst_cell_rel_error=f"{stats.worst_cell_rel_error:.3e}",
             mass_unplaced=f"{stats.unplaced_mass:.6g}",
+            mass_on_masked=f"{stats.mass_on_masked:.6g}",
         )
     if stats.worst_cell_rel_error > 1e-4:
         log.warning(
@@ -587,6 +676,14 @@ def _run_year(
             stats.unplaced_mass,
             stats.coarse_mass,
         )
+    if stats.mass_on_masked > 0:
+        log.warning(
+            "year %d: %.6g of %.6g coarse mass lies on cells made only of zero-class pixels; "
+            "it is kept spread over them",
+            job.year,
+            stats.mass_on_masked,
+            stats.coarse_mass,
+        )
     return MosaicResult(
         year=job.year,
         tif_path=tif_path,
@@ -594,6 +691,7 @@ def _run_year(
         worst_cell_rel_error=stats.worst_cell_rel_error,
         coarse_mass=stats.coarse_mass,
         unplaced_mass=stats.unplaced_mass,
+        mass_on_masked=stats.mass_on_masked,
         valid_pixels=stats.valid_pixels,
         windows=stats.windows,
         seconds=stats.seconds,
@@ -601,9 +699,7 @@ def _run_year(
     )
 
 
-def _load_model(
-    checkpoint: Path, index: TileIndex
-) -> tuple[DSTCarbonFormer, Normalization, Checkpoint]:
+def _load_model(checkpoint: Path, index: TileIndex) -> _Network:
     state = load_checkpoint(checkpoint, map_location="cpu")
     state.check_compatible(list(index.bands), index.grid.scale, index.grid.tile_size)
     return model_from_checkpoint(state), state.normalization, state
@@ -616,8 +712,8 @@ def _year_task(job: _Job) -> MosaicResult:
     # process's count keeps the outputs bit-identical to a local run.
     torch.set_num_threads(job.threads)
     index = load_index(job.config.tiles_dir)
-    model, norm, state = _load_model(job.checkpoint, index)
-    return _run_year(job, index, model, norm, state, progress=False)
+    network = None if job.checkpoint is None else _load_model(job.checkpoint, index)
+    return _run_year(job, index, network, progress=False)
 
 
 def mosaic_years(
@@ -633,6 +729,7 @@ def mosaic_years(
     scheduler: str | None = None,
     workers: int | None = None,
     units: str = "per_cell",
+    method: str = "model",
 ) -> list[MosaicResult]:
     """Predict whole years from the tile cubes and write ``Pred_<year>.tif`` and ``.npy``.
 
@@ -658,17 +755,27 @@ def mosaic_years(
             processes; 0: one per CPU.
         units: Units of the COGs: ``per_cell`` (the target's, as the ``.npy``), ``per_km2`` or
             ``flux`` (see :mod:`carbongeo.outputs.units`); recorded in the tags.
+        method: ``model`` (the network of ``checkpoint``) or ``learned-dasymetric`` (a random
+            forest fitted on the coarse cells of the training tiles, see
+            :mod:`carbongeo.evaluation.forest`: no network, no fine truth, no GPU).
 
     Returns:
         One result per year, in the order of ``years``.
 
     Raises:
-        ParameterError: ``batch_size``, ``overlap``, ``workers`` or ``device`` is invalid.
+        ParameterError: ``batch_size``, ``overlap``, ``workers``, ``device`` or ``method`` is
+            invalid, or a ``checkpoint`` is given with the forest.
         InputDataError: The tiles are missing (run ``carbongeo tile``).
         CheckpointError: The checkpoint is missing or does not fit the tiles.
         OutputError: An output cannot be written.
         ClusterError: The dask scheduler cannot be reached or the cluster failed.
     """
+    if method not in METHODS:
+        raise ParameterError(f"{method!r} is not one of {', '.join(METHODS)}", param="method")
+    if method != "model" and checkpoint is not None:
+        raise ParameterError(
+            f"a checkpoint is only read by method model, not {method}", param="method"
+        )
     own_checkpoint = checkpoint is None  # the workdir's: it must come from this config
     checkpoint = Path(checkpoint) if checkpoint is not None else config.layout.best_checkpoint
     overlap = config.mosaic.overlap if overlap is None else overlap
@@ -689,7 +796,10 @@ def mosaic_years(
     todo: list[int] = []
     layout = config.layout
     made_with = {"config_hash": config.data_hash()}  # a year is done only by this config/model
-    if checkpoint.is_file():
+    store = TileStore(config) if method != "model" else None
+    if store is not None:
+        made_with["model_id"] = forest_id(store, method)
+    elif checkpoint.is_file():
         made_with["model_id"] = file_sha256(checkpoint)[:16]
     for year in dict.fromkeys(int(y) for y in years):
         tif_path, npy_path = layout.prediction_tif(year), layout.prediction_npy(year)
@@ -703,17 +813,45 @@ def mosaic_years(
                 )
             todo.append(year)
     if todo:
-        if not checkpoint.is_file():
-            raise missing_input(checkpoint, "carbongeo train", CheckpointError)
-        model, norm, state = _load_model(checkpoint, index)
-        if own_checkpoint:
-            check_checkpoint(config, state, checkpoint)
-        for year in todo:  # every input is checked before the first year starts
-            _check_inputs(config.tiles_dir, index, input_years(index, year, model.temporal))
-        model_id = file_sha256(checkpoint)[:16]
+        network: _Network | None = None
+        forest: FittedForest | None = None
+        if store is not None:
+            for year in todo:  # every input is checked before the forest is fitted
+                _check_inputs(config.tiles_dir, index, (year,))
+            forest = fit_store_forest(store, method)
+            if forest is None:
+                raise InputDataError(
+                    f"{method}: the training tiles have no coarse cell with emissions to learn "
+                    "from; check the coarse product and the split"
+                )
+            model_id = made_with["model_id"]
+            checkpoint_used = None
+        else:
+            if not checkpoint.is_file():
+                raise missing_input(checkpoint, "carbongeo train", CheckpointError)
+            network = _load_model(checkpoint, index)
+            if own_checkpoint:
+                check_checkpoint(config, network[2], checkpoint)
+            for year in todo:  # every input is checked before the first year starts
+                _check_inputs(
+                    config.tiles_dir, index, input_years(index, year, network[0].temporal)
+                )
+            model_id = file_sha256(checkpoint)[:16]
+            checkpoint_used = checkpoint
         threads = torch.get_num_threads()
         jobs = [
-            _Job(config, year, checkpoint, model_id, overlap, batch_size, device, threads, units)
+            _Job(
+                config,
+                year,
+                checkpoint_used,
+                model_id,
+                overlap,
+                batch_size,
+                device,
+                threads,
+                units,
+                forest,
+            )
             for year in todo
         ]
         if scheduler is not None or workers is not None:
@@ -729,7 +867,7 @@ def mosaic_years(
                 results[result.year] = result
         else:
             for job in jobs:
-                results[job.year] = _run_year(job, index, model, norm, state, progress=progress)
+                results[job.year] = _run_year(job, index, network, progress=progress)
     from carbongeo.outputs.stac import write_catalog  # local: the outputs package reads mosaic
 
     write_catalog(config)

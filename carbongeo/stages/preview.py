@@ -2,7 +2,8 @@
 
 * :func:`preview` writes ``reports/preview_<year>.png``: for the test tiles with the largest
   emissions, the guiding aux band, the coarse input, the truth, the model's prediction, the best
-  baseline and both error maps;
+  proxy baseline, the learned-dasymetric forest's map (fitted on the training tiles' coarse cells)
+  and the error maps of the model and the best proxy baseline;
 * :func:`scene_map` writes ``reports/scene_<year>.png`` from ``predictions/Pred_<year>.tif``,
   read decimated so memory stays small for any scene size.
 
@@ -24,8 +25,10 @@ from mpl_toolkits.axes_grid1 import make_axes_locatable
 
 from carbongeo.config import PipelineConfig
 from carbongeo.errors import CarbongeoError, MissingRunFileError, ParameterError, RunFileError
+from carbongeo.evaluation.forest import LEARNED_DASYMETRIC, FittedForest
 from carbongeo.ops.blocks import upsample_blocks
 from carbongeo.stages.evaluate import proxy_bands, tile_baselines
+from carbongeo.stages.forests import fit_store_forest, forest_sample
 from carbongeo.stages.freshness import check_tiles
 from carbongeo.store.predictions import require_prediction
 from carbongeo.store.reports import read_evaluation, write_figure
@@ -52,17 +55,19 @@ def select_tiles(store: TileStore, year: int, tile_ids: list[int], n_tiles: int)
 
 
 def best_baseline(config: PipelineConfig, store: TileStore) -> str:
-    """The best baseline by MAE in ``evaluation.json``, else ``dasymetric:ntl`` or uniform."""
+    """The best proxy baseline (uniform, bicubic, dasymetric) by MAE in ``evaluation.json``,
+    else ``dasymetric:ntl`` or uniform. The forests are not proxy baselines."""
     available = {"uniform", "bicubic", *(f"dasymetric:{b}" for b in proxy_bands(store))}
     report = read_evaluation(config.layout)
     if report is not None:
         try:
             sections = report.get("sections", [])
-            name = sections[0].get("best_baseline") if sections else None
+            ranking = list(sections[0].get("ranking", [])) if sections else []
         except (AttributeError, IndexError, KeyError, TypeError):
-            name = None
-        if name in available:
-            return str(name)
+            ranking = []
+        for name in ranking:
+            if name in available:
+                return str(name)
     return "dasymetric:ntl" if "dasymetric:ntl" in available else "uniform"
 
 
@@ -156,18 +161,21 @@ def preview(
         raise MissingRunFileError(f"{config.tiles_dir} holds no tiles; run: carbongeo tile")
     baseline = best_baseline(config, store)
     tiles = [store.load(year, tile_id) for tile_id in tile_ids]
-    panel = _write_panel(store, tiles, baseline, year, _units(config), folder)
+    forest = fit_store_forest(store, LEARNED_DASYMETRIC)
+    panel = _write_panel(store, tiles, baseline, forest, year, _units(config), folder)
     return [panel, scene_map(config, year, out=folder)]
 
 
-# aux, coarse input, truth, prediction, baseline, prediction error, baseline error
-_N_COLUMNS = 7
+# aux, coarse input, truth, prediction, baseline, learned dasymetric, prediction error,
+# baseline error
+_N_COLUMNS = 8
 
 
 def _write_panel(
     store: TileStore,
     tiles: list[TileData],
     baseline: str,
+    forest: FittedForest | None,
     year: int,
     units: str,
     folder: Path,
@@ -181,9 +189,14 @@ def _write_panel(
         truth = tile.truth
         pred = np.where(tile.inside, tile.prediction, np.nan)
         base = tile_baselines(store, tile, [baseline])[baseline]
+        learned = (
+            forest.allocate(forest_sample(store, tile))
+            if forest is not None
+            else np.full(truth.shape, np.nan)
+        )
         density = np.where(tile.inside, upsample_blocks(tile.coarse / float(s * s), s), np.nan)
         aux, aux_label = _aux_panel(store, tile)
-        norm = _log_norm(truth, pred, base, density)
+        norm = _log_norm(truth, pred, base, learned, density)
         pred_err = np.where(np.isfinite(truth), np.nan_to_num(pred, nan=0.0) - truth, np.nan)
         base_err = np.where(np.isfinite(truth), np.nan_to_num(base, nan=0.0) - truth, np.nan)
         limit = _error_limit(pred_err, base_err)
@@ -199,23 +212,26 @@ def _write_panel(
             f"truth {year}",
             f"prediction (MAE {_mae(pred, truth):.3g})",
             f"{baseline} (MAE {_mae(base, truth):.3g})",
+            f"{LEARNED_DASYMETRIC} (MAE {_mae(learned, truth):.3g})"
+            if forest is not None
+            else f"{LEARNED_DASYMETRIC}: nothing to learn from",
         ]
         for col, (field, title) in enumerate(
-            zip((density, truth, pred, base), titles, strict=True), start=1
+            zip((density, truth, pred, base, learned), titles, strict=True), start=1
         ):
             image = ax[col].imshow(
                 _for_log(field, norm), cmap=emission_cmap, norm=norm, interpolation="nearest"
             )
             ax[col].set_title(title, fontsize=8)
-        fig.colorbar(image, ax=ax[4], fraction=0.046, pad=0.03).set_label(units, fontsize=7)
+        fig.colorbar(image, ax=ax[5], fraction=0.046, pad=0.03).set_label(units, fontsize=7)
         for col, (err, title) in enumerate(
-            ((pred_err, "prediction - truth"), (base_err, f"{baseline} - truth")), start=5
+            ((pred_err, "prediction - truth"), (base_err, f"{baseline} - truth")), start=6
         ):
             image = ax[col].imshow(
                 np.ma.masked_invalid(err), cmap=error_cmap, norm=error_norm, interpolation="nearest"
             )
             ax[col].set_title(title, fontsize=8)
-        fig.colorbar(image, ax=ax[6], fraction=0.046, pad=0.03).set_label(units, fontsize=7)
+        fig.colorbar(image, ax=ax[7], fraction=0.046, pad=0.03).set_label(units, fontsize=7)
         for a in ax:
             a.set_xticks([])
             a.set_yticks([])

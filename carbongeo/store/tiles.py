@@ -592,6 +592,8 @@ class TileData:
         aux: ``[C, ts, ts]`` float64 aux bands in raw units (log1p undone).
         bands: Aux band names.
         prediction: ``[ts, ts]`` float64 model prediction (NaN nodata), or None.
+        allowed: ``[ts, ts]`` bool, pixels that are not a hard zero class (``zero_classes`` of
+            the config), or None when no band declares any.
     """
 
     tile_id: int
@@ -603,6 +605,7 @@ class TileData:
     aux: np.ndarray
     bands: tuple[str, ...]
     prediction: np.ndarray | None
+    allowed: np.ndarray | None = None
 
     def band(self, name: str) -> np.ndarray:
         """Raw values of aux band ``name``."""
@@ -709,7 +712,7 @@ class TileStore:
         """
         # Imported here so that reading the index or a cube never imports torch.
         from carbongeo.ops.blocks import block_sum
-        from carbongeo.ops.domain import aux_domain
+        from carbongeo.ops.domain import allowed_pixels, aux_domain
 
         cubes = self._year(year)
         prediction_scene = self._prediction(year) if with_prediction else None
@@ -754,4 +757,5 @@ class TileStore:
             aux=aux,
             bands=self.bands,
             prediction=prediction,
+            allowed=allowed_pixels(aux, self.bands, self.config.zero_classes()),
         )

@@ -34,6 +34,7 @@ class Layer:
         nodata: The file's nodata value.
         kind: ``extensive``, ``intensive`` or ``categorical`` (the pipeline's source kind).
         transform: The aux band's value transform in the pipeline file.
+        zero_classes: Classes of a categorical band on which the world has no emissions.
     """
 
     name: str
@@ -43,6 +44,7 @@ class Layer:
     nodata: float
     kind: str = "intensive"
     transform: str = "none"
+    zero_classes: tuple[int, ...] = ()
 
     def path_for(self, year: int | None = None) -> str:
         """The relative path of the layer's file for `year` (None for a static layer)."""
@@ -85,6 +87,7 @@ WATER = Layer(
     "water mask (1 water, 0 land)",
     CLASS_NODATA,
     kind="categorical",
+    zero_classes=(1,),
 )
 NDVI = Layer("ndvi", "aux/ndvi_{year}.tif", "1", "annual NDVI {year}", NDVI_NODATA)
 POPULATION = Layer(

@@ -78,6 +78,7 @@ def world_config_text(spec: SynthSize, years: Sequence[int]) -> str:
                 "kind": layer.kind,
                 "transform": layer.transform,
                 "units": layer.units,
+                **({"zero_classes": list(layer.zero_classes)} if layer.zero_classes else {}),
             },
         )
         for layer in AUX_LAYERS

@@ -13,6 +13,7 @@ lazily in each process (DataLoader workers included), never loaded whole.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +27,7 @@ from carbongeo.errors import (
     ParameterError,
 )
 from carbongeo.ops.blocks import block_sum
-from carbongeo.ops.domain import aux_domain
+from carbongeo.ops.domain import allowed_pixels, aux_domain
 from carbongeo.store.tiles import check_cubes, load_index, open_aux_target
 
 if TYPE_CHECKING:
@@ -56,6 +57,8 @@ class CubeDataset(Dataset[dict[str, Any]]):
     * ``target``: float32 ``[1, H, W]``, the centre year's target, nodata set to 0;
     * ``mask``: bool ``[1, H, W]``, True where the centre year's target and all its aux bands are
       finite;
+    * ``allowed``: bool ``[1, H, W]``, only with ``zero_classes``: False on the centre year's hard
+      zero-emission pixels (see :func:`carbongeo.ops.domain.allowed_pixels`);
     * ``tile_id`` and ``year``: ints.
 
     An item may be addressed by ``index`` or by ``(index, epoch)``; the epoch only changes the
@@ -72,6 +75,7 @@ class CubeDataset(Dataset[dict[str, Any]]):
         seed: Seed of the augmentation.
         series: First and last year of the whole series (window ends replicate them); by default
             the first and last of ``years``.
+        zero_classes: Class values per categorical band on which no emissions can be.
 
     Raises:
         InputDataError: If the index is missing or a tile id is unknown.
@@ -90,6 +94,7 @@ class CubeDataset(Dataset[dict[str, Any]]):
         augment: bool = False,
         seed: int = 0,
         series: tuple[int, int] | None = None,
+        zero_classes: Mapping[str, Sequence[float]] | None = None,
     ) -> None:
         self.tiles_dir = Path(tiles_dir)
         self.index = load_index(self.tiles_dir)
@@ -98,6 +103,7 @@ class CubeDataset(Dataset[dict[str, Any]]):
         self.augment = augment
         self.seed = seed
         self.scale = self.index.scale
+        self.zero_classes = dict(zero_classes or {})
         if len(self.index.bands) != norm.n_bands:
             raise CheckpointError(
                 f"the tiles have {len(self.index.bands)} aux bands but the normalisation has "
@@ -149,7 +155,7 @@ class CubeDataset(Dataset[dict[str, Any]]):
         fine = target[:, centre]
         finite = np.isfinite(fine)
         mask = finite & aux_domain(aux[:, centre])[None]
-        return {
+        item = {
             "aux": torch.from_numpy(self.norm.normalize_aux(aux)),
             "coarse": torch.from_numpy(coarse),
             "target": torch.from_numpy(np.where(finite, fine, np.float32(0.0))),
@@ -157,6 +163,10 @@ class CubeDataset(Dataset[dict[str, Any]]):
             "tile_id": tile_id,
             "year": year,
         }
+        allowed = allowed_pixels(aux[:, centre], self.index.bands, self.zero_classes)
+        if allowed is not None:
+            item["allowed"] = torch.from_numpy(np.ascontiguousarray(allowed[None]))
+        return item
 
     def _augment(
         self, aux: np.ndarray, target: np.ndarray, index: int, epoch: int
@@ -184,3 +194,9 @@ def model_inputs(batch: dict[str, Any], device: torch.device) -> tuple[Tensor, T
         batch["aux"].to(device, non_blocking=non_blocking),
         batch["coarse"].to(device, non_blocking=non_blocking),
     )
+
+
+def model_allowed(batch: dict[str, Any], device: torch.device) -> Tensor | None:
+    """The batch's hard zero-emission mask for the mass constraint, or None without one."""
+    allowed = batch.get("allowed")
+    return None if allowed is None else allowed.to(device, non_blocking=device.type == "cuda")

@@ -42,7 +42,7 @@ from carbongeo.store.checkpoint import (
     save_checkpoint,
 )
 from carbongeo.store.tiles import TileIndex
-from carbongeo.training.data import model_inputs
+from carbongeo.training.data import model_allowed, model_inputs
 from carbongeo.training.distributed import DistContext, all_reduce, barrier
 from carbongeo.training.divergence import diverged, no_finite_loss
 from carbongeo.training.interrupt import DeferredInterrupt, InterruptGuard
@@ -120,7 +120,7 @@ def validate(
     for batch in loader:
         aux, coarse = model_inputs(batch, device)
         with autocast(device, amp_dtype):
-            pred = model(aux, coarse)
+            pred = model(aux, coarse, allowed=model_allowed(batch, device))
         centre = coarse[:, :, coarse.shape[2] // 2]
         meter.update(pred.float(), batch["target"].to(device), batch["mask"].to(device), centre)
         if interrupt is not None and interrupt.requested and not ctx.distributed:
@@ -336,7 +336,7 @@ class Trainer:
         target = batch["target"].to(device, non_blocking=True)
         mask = batch["mask"].to(device, non_blocking=True)
         with autocast(device, parts.amp_dtype):
-            pred = parts.train_model(aux, coarse)
+            pred = parts.train_model(aux, coarse, allowed=model_allowed(batch, device))
         centre = coarse[:, :, coarse.shape[2] // 2]
         loss, terms = parts.loss_fn(pred.float(), target, centre, mask)
         # One flag vector per step, all-reduced so every process skips or stops together.

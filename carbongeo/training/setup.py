@@ -185,6 +185,7 @@ def build_datasets(
         augment=True,
         seed=seed,
         series=series,
+        zero_classes=config.zero_classes(),
     )
     val_ids = split.val
     if not val_ids:
@@ -193,7 +194,15 @@ def build_datasets(
             "tiles instead (add val blocks with split.ratios)"
         )
         val_ids = split.train
-    val_set = CubeDataset(config.tiles_dir, val_ids, years, norm, temporal=TEMPORAL, series=series)
+    val_set = CubeDataset(
+        config.tiles_dir,
+        val_ids,
+        years,
+        norm,
+        temporal=TEMPORAL,
+        series=series,
+        zero_classes=config.zero_classes(),
+    )
     return train_set, val_set
 
 

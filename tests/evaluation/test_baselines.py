@@ -134,3 +134,18 @@ def test_run_baselines_names_every_method() -> None:
 def test_shape_mismatch_is_an_error() -> None:
     with pytest.raises(ValueError, match="scale"):
         uniform(np.ones((2, 2)), S, np.ones((7, 8), dtype=bool))
+
+
+def test_every_baseline_leaves_zero_class_pixels_empty_and_keeps_cell_totals() -> None:
+    rng = np.random.default_rng(5)
+    coarse = rng.uniform(1, 10, (2, 2))
+    valid = np.ones((8, 8), dtype=bool)
+    allowed = np.ones((8, 8), dtype=bool)
+    allowed[:, :3] = False  # cells on the left keep one land column
+    allowed[4:, 4:] = False  # the bottom-right cell is all water
+    proxy = rng.uniform(0, 1, (8, 8))
+    for name, out in run_baselines(coarse, S, valid, {"p": proxy}, allowed).items():
+        assert np.all(out[:, :3] == 0.0), name  # cells with a land column keep water empty
+        assert out[4:, 4:].sum() == pytest.approx(coarse[1, 1]), name  # all water: kept there
+        sums = out.reshape(2, S, 2, S).sum(axis=(1, 3))
+        np.testing.assert_allclose(sums, coarse, rtol=1e-12, err_msg=name)

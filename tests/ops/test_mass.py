@@ -11,6 +11,8 @@ from carbongeo.ops.mass import (
     allocate,
     block_mass_errors,
     mass_balance,
+    mass_carriers,
+    mass_on_masked,
     reproject_mass,
     unplaced_mass,
 )
@@ -91,3 +93,60 @@ def test_mass_balance_reports_mass_without_valid_pixels() -> None:
     assert balance.unplaced_mass == 3.0 and balance.valid_pixels == 4
     off = mass_balance(out * 1.5, np.array([[4.0, 3.0]]), 2)
     assert off.worst_rel_error == pytest.approx(0.5)
+
+
+# --------------------------------------------------------------------------- hard zero classes
+def _masked_cells() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Three 2 x 2 cells: partly masked, fully masked, unmasked; one nodata pixel in cell 1."""
+    coarse = np.array([[12.0, 8.0, 4.0]])
+    valid = np.ones((2, 6), dtype=bool)
+    valid[1, 0] = False
+    allowed = np.ones((2, 6), dtype=bool)
+    allowed[0, 0] = False  # cell 0: one water pixel, one nodata pixel, two land pixels
+    allowed[:, 2:4] = False  # cell 1: all water
+    return coarse, valid, allowed
+
+
+def test_mass_carriers_fall_back_to_the_valid_pixels_of_a_fully_masked_cell() -> None:
+    _, valid, allowed = _masked_cells()
+    carriers = mass_carriers(valid, allowed, 2)
+    expected = np.ones((2, 6), dtype=bool)
+    expected[0, 0] = expected[1, 0] = False
+    np.testing.assert_array_equal(carriers, expected)
+    np.testing.assert_array_equal(mass_carriers(valid, None, 2), valid)
+
+
+def test_allocate_puts_nothing_on_masked_pixels_and_keeps_every_cell_total() -> None:
+    coarse, valid, allowed = _masked_cells()
+    weight = np.arange(12, dtype=float).reshape(2, 6) + 1.0
+    out = allocate(coarse, 2, valid, weight, allowed)
+    assert out[0, 0] == 0.0 and np.isnan(out[1, 0])
+    np.testing.assert_allclose(np.nansum(out.reshape(1, 2, 3, 2), axis=(1, 3)), coarse)
+    # The fully masked cell keeps its mass, shared by weight over its (water) pixels.
+    np.testing.assert_allclose(out[:, 2:4].sum(), 8.0)
+    assert mass_on_masked(coarse, 2, valid, allowed) == 8.0
+    assert mass_on_masked(coarse, 2, valid, None) == 0.0
+
+
+def test_reproject_mass_respects_masks_like_the_tensor_constraint() -> None:
+    coarse, valid, allowed = _masked_cells()
+    pred = np.random.default_rng(0).uniform(0, 5, (2, 6))
+    out = reproject_mass(pred, valid, coarse, 2, allowed)
+    assert out[0, 0] == 0.0
+    np.testing.assert_allclose(np.nansum(out.reshape(1, 2, 3, 2), axis=(1, 3)), coarse)
+    # Where every pixel is valid, the torch constraint gives the same field.
+    valid_all = np.ones_like(valid)
+    expected = reproject_mass(pred, valid_all, coarse, 2, allowed)
+    tensor = mass_conserve(
+        torch.from_numpy(pred)[None, None],
+        torch.from_numpy(coarse)[None, None],
+        2,
+        torch.from_numpy(allowed)[None, None],
+    )[0, 0].numpy()
+    np.testing.assert_allclose(tensor, expected, rtol=1e-12)
+
+
+def test_mass_conserve_spreads_an_all_zero_block_over_its_allowed_pixels() -> None:
+    allowed = torch.tensor([[True, False], [True, True]])[None, None]
+    out = mass_conserve(torch.zeros(1, 1, 2, 2), torch.tensor([[[[6.0]]]]), 2, allowed)
+    np.testing.assert_allclose(out[0, 0].numpy(), [[2.0, 0.0], [2.0, 2.0]])

@@ -177,7 +177,7 @@ def test_predict_scene_refuses_non_finite_predictions_on_valid_pixels() -> None:
             mass=np.ones((n, 2, 2), np.float32),
         )
 
-    def predict(aux: np.ndarray, coarse: np.ndarray) -> np.ndarray:
+    def predict(aux: np.ndarray, coarse: np.ndarray, allowed: object = None) -> np.ndarray:
         out = np.ones((aux.shape[0], 16, 16), np.float32)
         out[:, 5, 5] = np.nan
         return out

@@ -31,6 +31,7 @@ def make_run(
     with_coarse: bool = False,
     predictions: bool = True,
     split: bool = True,
+    zero_water: bool = False,
 ) -> PipelineConfig:
     """A 28 x 40 scene cut into six 16 px tiles (the last row and column partly outside)."""
     raw = {
@@ -42,8 +43,10 @@ def make_run(
         "aux": [
             {"name": "ntl", "path": "ntl_{year}.tif", "transform": "log1p"},
             {"name": "population", "path": "pop.tif", "kind": "extensive"},
-            {"name": "water", "path": "water.tif", "kind": "categorical"},
+            {"name": "water", "path": "water.tif", "kind": "categorical"}
+            | ({"zero_classes": [1]} if zero_water else {}),
         ],
+        "evaluate": {"forest_pixels": 3000},
     }
     if with_coarse:
         raw["coarse"] = {"path": "coarse_{year}.tif"}
@@ -112,6 +115,7 @@ def test_evaluate_writes_both_reports(tmp_path: Path) -> None:
     report = evaluate(config, progress=False)
     assert isinstance(report, EvaluationReport)
     methods = {"model", "uniform", "bicubic", "dasymetric:ntl", "dasymetric:population"}
+    methods |= {"learned-dasymetric", "supervised-forest"}
     data = json.loads(report.json_path.read_text())
     section = data["sections"][0]
     assert set(section["methods"]) == methods
@@ -187,3 +191,51 @@ def test_unknown_split_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ParameterError, match="split: 'holdout' is not one of") as info:
         evaluate(config, split="holdout", progress=False)
     assert info.value.param == "split"
+
+
+def test_the_forests_learn_only_from_the_training_tiles_and_are_described(tmp_path: Path) -> None:
+    report = evaluate(make_run(tmp_path), progress=False)
+    forests = report.to_dict()["forests"]
+    assert set(forests) == {"learned-dasymetric", "supervised-forest"}
+    learned, supervised = forests["learned-dasymetric"], forests["supervised-forest"]
+    assert "no fine truth" in learned["data"] and "fine truth" in supervised["data"]
+    # 3 training tiles of 16 x 16 px: 16 cells each, at most 2 years x 48 cells (positive ones).
+    assert 0 < learned["samples"] <= 2 * 3 * 16
+    assert supervised["samples"] <= 3000
+    assert learned["fit_seconds"] > 0 and learned["predict_seconds"] > 0
+    assert sum(learned["importances"].values()) == pytest.approx(1.0)
+    assert "## Forests" in report.markdown_path.read_text()
+
+
+def _paint_water(config: PipelineConfig, rows: slice, cols: slice) -> None:
+    """Make ``rows x cols`` of every tile water (band 2) in every year."""
+    for year in YEARS:
+        path = config.tiles_dir / f"X_{year}.npy"
+        cube = np.load(path)
+        cube[:, 2, rows, cols] = 1.0
+        np.save(path, cube)
+
+
+def test_zero_classes_keep_every_method_off_water(tmp_path: Path) -> None:
+    config = make_run(tmp_path, zero_water=True)
+    _paint_water(config, slice(None), slice(0, 3))  # 3 of the 4 columns of the first cells
+    section = evaluate(config, progress=False).to_dict()["sections"][0]
+    for name, metrics in section["methods"].items():
+        if name != "model":  # the fake prediction of this run ignores the mask
+            assert metrics["mass_on_water"] == 0.0, name
+            assert metrics["mass_err_max"] < 1e-9, name
+    assert section["mass_on_masked"] == 0.0
+    # Without the declaration the baselines put mass on water.
+    plain_config = make_run(tmp_path / "plain")
+    _paint_water(plain_config, slice(None), slice(0, 3))
+    plain = evaluate(plain_config, progress=False).to_dict()["sections"][0]
+    assert plain["methods"]["uniform"]["mass_on_water"] > 0.0
+
+
+def test_a_cell_made_only_of_water_keeps_its_mass_and_is_counted(tmp_path: Path) -> None:
+    config = make_run(tmp_path, zero_water=True, with_coarse=True)
+    _paint_water(config, slice(0, 4), slice(0, 4))  # the first cell of every tile
+    section = evaluate(config, progress=False).to_dict()["sections"][0]
+    assert section["mass_on_masked"] > 0.0
+    uniform = section["methods"]["uniform"]
+    assert uniform["mass_err_max"] < 1e-9  # kept, not dropped

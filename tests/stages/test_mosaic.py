@@ -132,7 +132,7 @@ def test_constant_predictor_gives_constant_output(batch_size: int) -> None:
     grid = odd_grid()
     reader = ArrayScene(grid, smooth_field(grid.height, grid.width))
 
-    def constant(aux: np.ndarray, coarse: np.ndarray) -> np.ndarray:
+    def constant(aux: np.ndarray, coarse: np.ndarray, allowed: object = None) -> np.ndarray:
         return np.full((aux.shape[0], 1, 64, 64), 3.25, dtype=np.float32)
 
     out, stats, chunks = run_scene(
@@ -158,7 +158,7 @@ def test_block_sums_equal_the_coarse_input_after_blending(
     reader = ArrayScene(grid, truth, aux_nodata=hole)
     rng = np.random.default_rng(0)
 
-    def noisy(aux: np.ndarray, coarse: np.ndarray) -> np.ndarray:
+    def noisy(aux: np.ndarray, coarse: np.ndarray, allowed: object = None) -> np.ndarray:
         return rng.uniform(0.0, 5.0, size=(aux.shape[0], 64, 64)).astype(np.float32)
 
     out, stats, _ = run_scene(noisy, reader, overlap=16, batch_size=5)
@@ -191,7 +191,7 @@ def test_no_seams_with_hann_blending_but_seams_with_last_writer() -> None:
         """The truth plus a per-window random bias that is strongest at the window's edges."""
         rng = np.random.default_rng(seed)
 
-        def predict(aux: np.ndarray, coarse: np.ndarray) -> np.ndarray:
+        def predict(aux: np.ndarray, coarse: np.ndarray, allowed: object = None) -> np.ndarray:
             n = aux.shape[0]
             amplitude = rng.normal(0.0, 0.5, (n, 1, 1)).astype(np.float32)
             offset = rng.normal(0.0, 0.05, (n, 1, 1)).astype(np.float32)
@@ -240,7 +240,7 @@ def test_strip_memory_is_flat_in_scene_height(monkeypatch: pytest.MonkeyPatch) -
             return super().pop(bottom)
 
     monkeypatch.setattr(mosaic, "_Strip", RecordingStrip)
-    out, _, _ = run_scene(lambda a, c: a[:, 0, 1], reader, overlap=16, batch_size=1)
+    out, _, _ = run_scene(lambda a, c, m: a[:, 0, 1], reader, overlap=16, batch_size=1)
     assert out.shape == (1000, 100)
     assert len(heights) > 15
     assert max(heights) <= 64 + 48  # one window plus one stride, however tall the scene
@@ -265,8 +265,12 @@ def build_run(
     scale: int = 8,
     has_coarse: bool = False,
     bands: Sequence[str] = BANDS,
+    water: bool = False,
 ) -> PipelineConfig:
-    """Write tile cubes, index.json and an untrained tiny checkpoint; return the config."""
+    """Write tile cubes, index.json and an untrained tiny checkpoint; return the config.
+
+    With ``water``, band 0 is a water mask (1 on columns 40-63 but 61, declared a zero class).
+    """
     raw: dict = {
         "workdir": "run",
         "years": list(YEARS),
@@ -277,6 +281,8 @@ def build_run(
     }
     if has_coarse:
         raw["coarse"] = {"path": "coarse_{year}.tif"}
+    if water:
+        raw["aux"][0] |= {"kind": "categorical", "zero_classes": [1]}
     config = parse_config(raw, root)
     grid = Grid(WKT, TRANSFORM, height, width, tile_size=tile, scale=scale)
     rows, cols = grid.padded_shape
@@ -289,6 +295,10 @@ def build_run(
         aux[:, :height, :width] = rng.uniform(0, 3, (len(BANDS), height, width))
         aux[1, 20:23, 30:50] = np.nan  # one band missing: imputed, not nodata
         aux[:, 48:64, 8:24] = np.nan  # whole cells without any aux
+        if water:
+            aux[0, :height, :width] = 0.0
+            aux[0, :height, 40:64] = 1.0
+            aux[0, :height, 61] = 0.0  # the cells of columns 56-63 keep one land column
         target = np.full((1, rows, cols), np.nan, dtype=np.float32)
         target[0, :height, :width] = rng.gamma(2.0, 5.0, (height, width))
         target[0, :16, :16] = np.nan  # target nodata: four coarse cells are nodata
@@ -473,11 +483,11 @@ def test_interrupted_year_leaves_no_partial_output(
         predict = real(model, device)
         calls = {"n": 0}
 
-        def flaky(aux: np.ndarray, coarse: np.ndarray) -> np.ndarray:
+        def flaky(aux: np.ndarray, coarse: np.ndarray, allowed: object = None) -> np.ndarray:
             calls["n"] += 1
             if calls["n"] == 3:  # mid-scene: rows were already written
                 raise error
-            return predict(aux, coarse)
+            return predict(aux, coarse, allowed)
 
         return flaky
 
@@ -495,7 +505,7 @@ def test_failed_overwrite_keeps_the_previous_outputs(
     before = first.tif_path.read_bytes(), first.npy_path.read_bytes()
 
     def broken(model: torch.nn.Module, device: torch.device | str = "cpu") -> mosaic.Predictor:
-        def predict(aux: np.ndarray, coarse: np.ndarray) -> np.ndarray:
+        def predict(aux: np.ndarray, coarse: np.ndarray, allowed: object = None) -> np.ndarray:
             raise RuntimeError("boom")
 
         return predict
@@ -550,3 +560,51 @@ def test_dask_cluster_gives_byte_identical_outputs(tmp_path: Path) -> None:
             a = local.predictions_dir / f"Pred_{year}.{suffix}"
             b = remote.predictions_dir / f"Pred_{year}.{suffix}"
             assert a.read_bytes() == b.read_bytes(), f"Pred_{year}.{suffix} differs"
+
+
+def test_zero_classes_get_no_mass_from_the_network_and_the_forest(tmp_path: Path) -> None:
+    config = build_run(tmp_path, water=True, has_coarse=True, height=40, width=72)
+    product = scene_of(config, "C", 2021)[0]
+    for method in ("model", "learned-dasymetric"):
+        (result,) = mosaic_years(
+            config, [2021], device="cpu", progress=False, overwrite=True, method=method
+        )
+        pred = np.load(result.npy_path)
+        water = np.zeros(pred.shape, dtype=bool)
+        water[:, 40:64] = True
+        water[:, 61] = False
+        # Columns 40-55 are whole water cells: they keep their mass (counted); 56-63 are not.
+        assert np.all(pred[:, 56:64][water[:, 56:64]] == 0.0), method
+        assert block_rel_errors(pred, product, 8).max() < 1e-4, method
+        whole = product[:, 5:7]
+        assert result.mass_on_masked == pytest.approx(float(whole[whole > 0].sum()), rel=1e-5)
+        with rasterio.open(result.tif_path) as src:
+            tags = src.tags()
+        assert tags["method"] == method
+        assert float(tags["mass_on_masked"]) == pytest.approx(result.mass_on_masked, rel=1e-5)
+
+
+def test_learned_dasymetric_needs_no_checkpoint_and_refuses_one(tmp_path: Path) -> None:
+    config = build_run(tmp_path, has_coarse=True, height=40, width=56)
+    (config.checkpoints_dir / "best.pt").unlink()
+    (result,) = mosaic_years(
+        config, [2021], device="cpu", progress=False, method="learned-dasymetric"
+    )
+    assert validate_cog(result.tif_path)[0]
+    with rasterio.open(result.tif_path) as src:
+        tags = src.tags()
+        assert src.nodata is not None and np.isnan(src.nodata)
+        assert src.crs == CRS.from_wkt(WKT)
+    assert tags["method"] == "learned-dasymetric" and "forest" in tags and "checkpoint" not in tags
+    assert (
+        block_rel_errors(np.load(result.npy_path), scene_of(config, "C", 2021)[0], 8).max() < 1e-4
+    )
+    # Same inputs, same forest: the finished year is kept without fitting again.
+    (again,) = mosaic_years(
+        config, [2021], device="cpu", progress=False, method="learned-dasymetric"
+    )
+    assert again.skipped
+    with pytest.raises(CarbongeoError, match="only read by method model"):
+        mosaic_years(config, [2021], checkpoint=tmp_path / "x.pt", method="learned-dasymetric")
+    with pytest.raises(CarbongeoError, match="not one of"):
+        mosaic_years(config, [2021], method="boosting")

@@ -87,7 +87,7 @@ def test_preview_writes_the_panel_and_the_scene_map(tmp_path: Path) -> None:
     assert panel == config.reports_dir / f"preview_{YEAR}.png"
     assert scene == config.reports_dir / f"scene_{YEAR}.png"
     image = imread(panel)
-    assert image.shape[0] > 300 and image.shape[1] > 1000  # 2 rows x 7 columns
+    assert image.shape[0] > 300 and image.shape[1] > 1000  # 2 rows x 8 columns
     assert image.shape[1] > image.shape[0]
     assert image[..., :3].std() > 0.05  # not blank
     scene_image = imread(scene)

@@ -180,3 +180,24 @@ def test_dataset_names_the_command_when_the_index_is_missing(tmp_path: Path) -> 
     (tmp_path / "index.json").write_text("{}")
     with pytest.raises(CarbongeoError, match="damaged"):
         CubeDataset(tmp_path, [0], [2020], norm)
+
+
+def test_zero_classes_give_an_allowed_mask_that_follows_the_augmentation(tmp_path: Path) -> None:
+    ids = write_cubes(tmp_path, n_tiles=2, with_nodata=False)
+    for year in YEARS:
+        path = tmp_path / f"X_{year}.npy"
+        cube = np.load(path)
+        cube[:, 1] = 0.0
+        cube[:, 1, :, :7] = 1.0  # band b1 is a class band: class 1 on the left columns
+        np.save(path, cube)
+    norm = compute_normalization(tmp_path, ids, list(YEARS), high_quantile=0.9)
+    plain = CubeDataset(tmp_path, ids, list(YEARS), norm)
+    assert "allowed" not in plain[0]
+    data = CubeDataset(
+        tmp_path, ids, list(YEARS), norm, augment=True, seed=1, zero_classes={"b1": (1.0,)}
+    )
+    for index in range(len(data)):
+        item = data[(index, 3)]
+        raw_class = item["aux"][1, 1] * norm.aux_std[1] + norm.aux_mean[1]  # centre year
+        np.testing.assert_array_equal(item["allowed"][0].numpy(), ~np.isclose(raw_class, 1.0))
+        assert item["allowed"].dtype == torch.bool
