@@ -27,6 +27,9 @@ KINDS: tuple[str, ...] = ("extensive", "intensive", "categorical")
 TRANSFORMS: tuple[str, ...] = ("none", "log1p")
 FFT_FILTERS: tuple[str, ...] = ("ideal", "butterworth", "gaussian")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+SUPERVISIONS: tuple[str, ...] = ("auto", "fine", "coarse")
+Supervision = Literal["fine", "coarse"]
+"""A resolved ``train.supervision``: learn from the fine target, or from the coarse product."""
 DEFAULT_CONFIG_NAME = "carbongeo.toml"
 TILE_SECTIONS: tuple[str, ...] = ("grid", "target", "coarse", "aux")
 """The sections of the pipeline file that the year cubes depend on."""
@@ -125,6 +128,8 @@ class TrainConfig:
     amp: bool = True
     compile: bool = False
     channels_last: bool = False
+    supervision: str = "auto"
+    coarse_factors: tuple[int, ...] = (2, 4)
 
 
 @dataclass(frozen=True)
@@ -167,15 +172,22 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """A whole validated pipeline file."""
+    """A whole validated pipeline file.
+
+    Attributes:
+        target: The fine emission map, or None when the pipeline has no ``[target]``.
+        target_years: The years that have a target (``target.years``, default every year;
+            empty without a target). Outside them no target is read.
+    """
 
     path: Path
     workdir: Path
     years: tuple[int, ...]
     grid: GridConfig
-    target: SourceConfig
+    target: SourceConfig | None
     aux: tuple[SourceConfig, ...]
     coarse: SourceConfig | None = None
+    target_years: tuple[int, ...] = ()
     split: SplitConfig = field(default_factory=SplitConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -225,11 +237,73 @@ class PipelineConfig:
         return [a.name for a in self.aux if a.kind == "extensive" or a.name == "ntl"]
 
     def sources(self) -> list[SourceConfig]:
-        """Every source: target, coarse (if any) and aux bands."""
-        return [self.target, *([self.coarse] if self.coarse else []), *self.aux]
+        """Every source: target (if any), coarse (if any) and aux bands."""
+        target = [self.target] if self.target is not None else []
+        return [*target, *([self.coarse] if self.coarse else []), *self.aux]
+
+    def has_target(self, year: int) -> bool:
+        """True when ``year`` has a fine target (one of :attr:`target_years`)."""
+        return self.target is not None and year in self.target_years
+
+    def sources_for(self, year: int) -> list[SourceConfig]:
+        """The sources read for ``year``: the target only in a target year."""
+        return [s for s in self.sources() if s is not self.target or self.has_target(year)]
+
+    @property
+    def emission_units(self) -> str:
+        """Units of the emissions (``target.units``, or ``coarse.units`` without a target)."""
+        if self.target is not None:
+            return self.target.units
+        return self.coarse.units if self.coarse is not None else ""
+
+    def training_years(self) -> tuple[int, ...]:
+        """The years trained on: every year but ``split.holdout_year``."""
+        return tuple(y for y in self.years if y != self.split.holdout_year)
+
+    def supervision_choice(self) -> tuple[Supervision, str]:
+        """The supervision ``train.supervision`` resolves to, and why (one phrase).
+
+        ``auto`` is ``fine`` when one of the training years has a target, else ``coarse``.
+
+        Raises:
+            ConfigError: ``fine`` without a target in the training years, or ``coarse``
+                without a ``[coarse]`` product (naming ``train.supervision``).
+        """
+        years = self.training_years()
+        with_target = [y for y in years if self.has_target(y)]
+        choice = self.train.supervision
+        if choice == "fine" and not with_target:
+            raise ConfigError(
+                "'fine' needs a target in a training year, but none of the training years "
+                f"{_span(years)} has one; set target.years or use 'coarse'",
+                param="train.supervision",
+            )
+        if choice == "coarse" and self.coarse is None:
+            raise ConfigError(
+                "'coarse' learns from the coarse product; add a [coarse] table with its path",
+                param="train.supervision",
+            )
+        if choice == "fine":
+            return "fine", "train.supervision is 'fine'"
+        if choice == "coarse":
+            return "coarse", "train.supervision is 'coarse'"
+        if with_target:
+            return "fine", f"the training years {_span(with_target)} have a target"
+        return "coarse", f"no training year ({_span(years)}) has a target"
+
+    @property
+    def supervision(self) -> Supervision:
+        """The resolved supervision (:meth:`supervision_choice` without the reason)."""
+        return self.supervision_choice()[0]
 
     def data_hash(self) -> str:
-        """A short hash of what determines the data and model (not paths or training knobs)."""
+        """A short hash of what determines the data and model (not paths or training knobs).
+
+        Under coarse supervision the model depends on no target, so ``[target]`` is left out:
+        the same pipeline with or without a target trains and predicts the same.
+        """
+        if self.supervision == "coarse":
+            return self._hash(("grid", "coarse", "aux", "model", _COARSE_MODE))
         return self._hash(("grid", "target", "coarse", "aux", "model"))
 
     def tiles_hash(self) -> str:
@@ -237,18 +311,32 @@ class PipelineConfig:
         return self._hash(TILE_SECTIONS, cubes_only=True)
 
     def split_hash(self) -> str:
-        """A short hash of what ``tiles/split.json`` is made from: the tiles and ``[split]``."""
+        """A short hash of what ``tiles/split.json`` is made from: the tiles and ``[split]``.
+
+        A coarse-supervised split is made from the coarse product's validity, never the target.
+        """
+        if self.supervision == "coarse":
+            return self._hash(("grid", "coarse", "aux", "split", _COARSE_MODE), cubes_only=True)
         return self._hash((*TILE_SECTIONS, "split"), cubes_only=True)
 
+    def recorded_raw(self) -> dict[str, Any]:
+        """The pipeline file as a checkpoint records it: without ``[target]`` under coarse
+        supervision, whose model never saw one."""
+        if self.supervision == "coarse":
+            return {k: v for k, v in self.raw.items() if k != "target"}
+        return dict(self.raw)
+
     def _hash(self, keys: Sequence[str], *, cubes_only: bool = False) -> str:
-        sections = {k: self.raw.get(k) for k in keys}
-        if cubes_only and isinstance(sections.get("aux"), list):
+        values = {k: self.raw.get(k) for k in keys if k != _COARSE_MODE}
+        if cubes_only and isinstance(values.get("aux"), list):
             # zero_classes act on allocation, not on the cubes: declaring them keeps the tiles.
-            sections["aux"] = [
+            values["aux"] = [
                 {k: v for k, v in t.items() if k != "zero_classes"} if isinstance(t, dict) else t
-                for t in sections["aux"]
+                for t in values["aux"]
             ]
-        text = repr(sections)
+        if _COARSE_MODE in keys:
+            values[_COARSE_MODE] = list(self.train.coarse_factors)
+        text = repr(values)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def source_key(self, src: SourceConfig) -> str:
@@ -256,7 +344,7 @@ class PipelineConfig:
 
         ``target.path``, ``coarse.path``, or ``aux[<i>].path (<name>)`` for the i-th aux band.
         """
-        if src is self.target:
+        if self.target is not None and src is self.target:
             return "target.path"
         if src is self.coarse:
             return "coarse.path"
@@ -265,13 +353,23 @@ class PipelineConfig:
     def check_files(self, years: Sequence[int] | None = None) -> None:
         """Raise ConfigError naming the first source file missing for one of ``years``."""
         for year in years if years is not None else self.years:
-            for src in self.sources():
+            for src in self.sources_for(year):
                 path = src.path_for(year)
                 if not path.exists():
                     raise ConfigError(
                         f"file for year {year} not found: {path} (fix the path or the years range)",
                         param=self.source_key(src),
                     )
+
+
+_COARSE_MODE = "coarse supervision"
+"""A pseudo-key of the hashes: coarse supervision and its ``train.coarse_factors``."""
+
+
+def _span(years: Sequence[int]) -> str:
+    if not years:
+        return "(none)"
+    return f"{years[0]}-{years[-1]}" if len(years) > 1 else str(years[0])
 
 
 # --------------------------------------------------------------------------- parsing helpers
@@ -508,7 +606,7 @@ def parse_config(
 ) -> PipelineConfig:
     """Validate an already parsed TOML document; relative paths resolve against ``base``."""
     _check_keys(raw, _TOP_KEYS, "")
-    for required in ("years", "target", "aux"):
+    for required in ("years", "aux"):
         if required not in raw:
             raise ConfigError(
                 f"{required}: missing from the pipeline file (see docs/pipeline-file.md)"
@@ -556,14 +654,23 @@ def parse_config(
                 "(metres or degrees)"
             )
 
-    target = _source(raw["target"], base, "target.", name="target")
-    if target.kind != "extensive":
-        raise ConfigError("target.kind: emissions must be 'extensive' (totals kept when resampled)")
+    target, target_years = _target(raw, base, years)
     coarse = None
     if "coarse" in raw:
         coarse = _source(raw["coarse"], base, "coarse.", name="coarse")
         if coarse.kind != "extensive":
             raise ConfigError("coarse.kind: the coarse product must be 'extensive'")
+    if coarse is None and target is None:
+        raise ConfigError(
+            "coarse: missing; a pipeline without a [target] needs the coarse product to "
+            "downscale (a [coarse] table with its path)"
+        )
+    if coarse is None and len(target_years) < len(years):
+        missing = next(y for y in years if y not in target_years)
+        raise ConfigError(
+            f"coarse: missing; {missing} has no target (target.years), so the coarse product to "
+            "downscale must come from a [coarse] table"
+        )
 
     aux_raw = raw["aux"]
     if not isinstance(aux_raw, list) or not aux_raw:
@@ -622,6 +729,11 @@ def parse_config(
         raise ConfigError("train.num_workers, train.warmup_epochs and train.patience must be >= 0")
     _non_negative(train.weight_decay, "train.weight_decay")
     _non_negative(train.seed, "train.seed")
+    if train.supervision not in SUPERVISIONS:
+        raise ConfigError(
+            f"train.supervision: {train.supervision!r} is not one of {', '.join(SUPERVISIONS)}"
+        )
+    train = dataclasses.replace(train, coarse_factors=_coarse_factors(train.coarse_factors, grid))
 
     loss = _build(LossConfig, raw.get("loss", {}), "loss.")
     for f in dataclasses.fields(LossConfig):
@@ -656,6 +768,7 @@ def parse_config(
         target=target,
         aux=aux,
         coarse=coarse,
+        target_years=target_years,
         split=split,
         model=model,
         train=train,
@@ -664,9 +777,65 @@ def parse_config(
         evaluate=evaluate,
         raw=raw,
     )
+    config.supervision_choice()  # a supervision that cannot train is refused here, once
     if check_files:
         config.check_files()
     return config
+
+
+def _target(
+    raw: dict[str, Any], base: Path, years: tuple[int, ...]
+) -> tuple[SourceConfig | None, tuple[int, ...]]:
+    """The optional ``[target]`` table and the years that have a target (``target.years``)."""
+    if "target" not in raw:
+        return None, ()
+    table = raw["target"]
+    if not isinstance(table, dict):
+        raise ConfigError("target: expected a table")
+    target_years = years
+    if "years" in table:
+        target_years = parse_years(table["years"], "target.years")
+        outside = [y for y in target_years if y not in years]
+        if outside:
+            raise ConfigError(
+                f"target.years: {outside[0]} is not in years {_span(years)}; list only years "
+                "the pipeline tiles"
+            )
+    rest = {k: v for k, v in table.items() if k != "years"}
+    try:
+        target = _source(rest, base, "target.", name="target")
+    except ConfigError as err:
+        if "unknown key" in str(err):  # name the years key among the allowed ones
+            raise ConfigError(f"{err}, years") from None
+        raise
+    if target.kind != "extensive":
+        raise ConfigError("target.kind: emissions must be 'extensive' (totals kept when resampled)")
+    return target, target_years
+
+
+def _coarse_factors(value: object, grid: GridConfig) -> tuple[int, ...]:
+    """``train.coarse_factors``: integers >= 2 whose coarse cells (k * scale) tile the tiles."""
+    key = "train.coarse_factors"
+    if not (
+        isinstance(value, list | tuple)
+        and value
+        and all(isinstance(k, int) and not isinstance(k, bool) for k in value)
+    ):
+        raise ConfigError(
+            f"{key}: expected a non-empty list of integers like [2, 4], got {value!r}"
+        )
+    factors = tuple(sorted(set(value)))
+    if factors[0] < 2:
+        raise ConfigError(
+            f"{key}: each factor must be >= 2 (1 is the real product), got {factors[0]}"
+        )
+    for k in factors:
+        if grid.tile_size % (k * grid.scale):
+            raise ConfigError(
+                f"{key}: {k} x grid.scale {grid.scale} = {k * grid.scale} px does not divide "
+                f"grid.tile_size {grid.tile_size}; use factors whose cells tile a tile"
+            )
+    return factors
 
 
 def select_years(config: PipelineConfig, years: Sequence[int] | None = None) -> tuple[int, ...]:

@@ -148,6 +148,26 @@ class Grid:
         return cls(crs, transform, height, width, tile_size, scale)
 
     @classmethod
+    def from_coarse(
+        cls,
+        crs: str,
+        coarse_transform: Affine,
+        coarse_height: int,
+        coarse_width: int,
+        *,
+        tile_size: int = 128,
+        scale: int = 8,
+    ) -> Grid:
+        """The fine grid whose coarse cells are the pixels of a coarse raster.
+
+        Same CRS and origin; pixels ``scale`` times smaller, ``scale`` times more per side. Its
+        :meth:`coarse_grid` is the coarse raster's grid again (padded to whole tiles).
+        """
+        a, b, c, d, e, f = coarse_transform[:6]
+        transform = Affine(a / scale, b / scale, c, d / scale, e / scale, f)
+        return cls(crs, transform, coarse_height * scale, coarse_width * scale, tile_size, scale)
+
+    @classmethod
     def from_raster(cls, path: str | Path, *, tile_size: int = 128, scale: int = 8) -> Grid:
         """The grid of an existing raster file (its CRS, transform and shape)."""
         import rasterio  # local import: grid math stays usable without GDAL

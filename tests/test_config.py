@@ -188,3 +188,79 @@ def test_zero_classes_are_read_and_do_not_make_the_tiles_stale(tmp_path: Path) -
     assert masked.tiles_hash() == plain.tiles_hash()
     assert masked.split_hash() == plain.split_hash()
     assert masked.data_hash() != plain.data_hash()
+
+
+# --------------------------------------------------------------------------- supervision
+COARSE = '\n[coarse]\npath = "data/coarse_{year}.tif"\nunits = "t / cell"\n'
+NO_TARGET = BASE.replace('[target]\npath = "data/co2_{year}.tif"\nunits = "t"\n', "") + COARSE
+
+
+def test_a_pipeline_without_target_learns_from_the_coarse_product(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, NO_TARGET))
+    assert config.target is None and config.target_years == ()
+    assert config.supervision_choice() == (
+        "coarse",
+        "no training year (2014-2016) has a target",
+    )
+    assert config.emission_units == "t / cell"
+    assert [s.name for s in config.sources_for(2014)] == ["coarse", "ntl", "water"]
+
+
+def test_target_years_limit_where_a_target_is_read(tmp_path: Path) -> None:
+    text = BASE.replace('units = "t"', 'units = "t"\nyears = "2014-2015"') + COARSE
+    config = load_config(write(tmp_path, text))
+    assert config.target_years == (2014, 2015)
+    assert config.has_target(2015) and not config.has_target(2016)
+    assert "target" not in [s.name for s in config.sources_for(2016)]
+    assert config.supervision_choice() == ("fine", "the training years 2014-2015 have a target")
+    held_out = text.replace("[[aux]]", "[split]\nholdout_year = 2014\n\n[[aux]]", 1)
+    assert load_config(write(tmp_path, held_out)).supervision == "fine"
+
+
+def test_auto_is_fine_with_targets_and_hashes_stay_those_of_fine(tmp_path: Path) -> None:
+    fine = load_config(write(tmp_path, BASE + COARSE))
+    explicit = load_config(write(tmp_path, BASE + COARSE + '\n[train]\nsupervision = "fine"\n'))
+    assert fine.supervision == "fine"
+    assert fine.data_hash() == explicit.data_hash() and fine.recorded_raw() == fine.raw
+
+
+def test_coarse_hashes_ignore_the_target(tmp_path: Path) -> None:
+    coarse = '\n[train]\nsupervision = "coarse"\n'
+    a = load_config(write(tmp_path, BASE + COARSE + coarse))
+    b = load_config(write(tmp_path, NO_TARGET + coarse))
+    c = load_config(write(tmp_path, BASE + COARSE))
+    assert a.data_hash() == b.data_hash() != c.data_hash()
+    assert a.split_hash() == b.split_hash() != c.split_hash()
+    assert "target" not in a.recorded_raw()
+    factors = load_config(write(tmp_path, NO_TARGET + coarse + "coarse_factors = [2]\n"))
+    assert factors.train.coarse_factors == (2,) and factors.data_hash() != b.data_hash()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (NO_TARGET.replace(COARSE, ""), "coarse: missing; a pipeline without a \\[target\\]"),
+        (
+            BASE.replace('units = "t"', 'units = "t"\nyears = 2014'),
+            "coarse: missing; 2015 has no target",
+        ),
+        (NO_TARGET + '\n[train]\nsupervision = "fine"\n', "train.supervision: 'fine' needs"),
+        (
+            BASE.replace('units = "t"', 'units = "t"\nyears = 2014')
+            + COARSE
+            + '\n[split]\nholdout_year = 2014\n[train]\nsupervision = "fine"\n',
+            "train.supervision: 'fine' needs a target in a training year",
+        ),
+        (BASE + '\n[train]\nsupervision = "coarse"\n', "train.supervision: 'coarse' learns"),
+        (BASE + '\n[train]\nsupervision = "weak"\n', "train.supervision: 'weak' is not one of"),
+        (NO_TARGET + "\n[train]\ncoarse_factors = [1, 2]\n", "train.coarse_factors: each"),
+        (NO_TARGET + "\n[train]\ncoarse_factors = [3]\n", "train.coarse_factors: 3 x grid.scale"),
+        (NO_TARGET + "\n[train]\ncoarse_factors = []\n", "train.coarse_factors: expected"),
+        (BASE.replace('units = "t"', 'units = "t"\nyears = 2030'), "target.years: 2030"),
+        (BASE.replace('units = "t"', 'units = "t"\nyear = 2014'), "target.year: unknown .*years"),
+    ],
+)
+def test_each_supervision_mistake_is_one_line(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(write(tmp_path, text))
+    assert "\n" not in str(info.value)

@@ -181,14 +181,26 @@ def main(ctx: click.Context) -> None:
     show_default=True,
     help="World size: tiny (tests), small (demo, minutes on 2 cores), medium.",
 )
-def synth(out_dir: Path, seed: int, size: str) -> None:
+@click.option(
+    "--target-years",
+    default=None,
+    metavar="A-B|none",
+    help="Give the pipeline file a target only for these years (target.years), or none at all "
+    "(coarse supervision). Default: every year.",
+)
+def synth(out_dir: Path, seed: int, size: str, target_years: str | None) -> None:
     """Write a synthetic world: yearly emissions, 9 aux rasters in mixed CRSs, a coarse product.
 
     Deterministic from --seed. Ends by printing the path of the ready pipeline file.
     """
+    from carbongeo.config import parse_years
     from carbongeo.synth import generate_world
 
-    config_path = generate_world(out_dir, seed=seed, size=size)
+    chosen: tuple[int, ...] | None = None
+    if target_years is not None:
+        none = target_years.strip().lower() == "none"
+        chosen = () if none else parse_years(target_years, "target_years")
+    config_path = generate_world(out_dir, seed=seed, size=size, target_years=chosen)
     click.echo(str(config_path))
 
 
@@ -275,13 +287,18 @@ def train_command(
 
     from carbongeo.stages.train import train
 
-    result = train(
-        _load(config_path), epochs=epochs, device=device, resume=resume, progress=_progress(ctx)
-    )
-    if os.environ.get("RANK", "0") == "0":
+    config = _load(config_path)
+    supervision, reason = config.supervision_choice()
+    main_process = os.environ.get("RANK", "0") == "0"
+    if main_process:
+        chose = "auto chose " if config.train.supervision == "auto" else ""
+        click.echo(f"supervision: {chose}{supervision}, because {reason}")
+    result = train(config, epochs=epochs, device=device, resume=resume, progress=_progress(ctx))
+    if main_process:
+        level = "coarse-level " if supervision == "coarse" else ""
         click.echo(
-            f"trained {result.epochs_run} epoch(s); best validation MAE {result.best_val_mae:.4g}; "
-            f"best checkpoint {result.best_path}; log {result.log_path}"
+            f"trained {result.epochs_run} epoch(s); best {level}validation MAE "
+            f"{result.best_val_mae:.4g}; best checkpoint {result.best_path}; log {result.log_path}"
         )
 
 

@@ -200,3 +200,72 @@ class HybridLoss(nn.Module):
             tv = tv + masked_mean(excess, pairs)
 
         return {"pixel": pixel, "ssim": ssim, "edge": edge, "consistency": consistency, "tv": tv}
+
+
+class CoarseLevelLoss(nn.Module):
+    """The hybrid loss one level up, for coarse supervision (no fine truth at all).
+
+    The label is the real coarse product on its cells of ``s x s`` pixels; the network's input is
+    that product aggregated by ``k``. The prediction is summed over ``s x s`` blocks and compared
+    with the product by :class:`HybridLoss` at the cell level: its "pixels" are the product's
+    cells, its coarse field the input's cells (scale ``k``), its normalised space
+    ``log1p(x / (value_scale * s**2))`` (a typical cell total) and ``high_threshold`` is in
+    tonnes per cell. Every term keeps its meaning there: Charbonnier distance per cell, SSIM and
+    Sobel edges on the cell map (SSIM is 0 on tiles of fewer than 11 cells a side), consistency
+    against the input cells (about 0 under the mass constraint) and the excess TV of the cell
+    map over the product's.
+
+    Args:
+        scale: Fine pixels per cell side of the product, ``s``.
+        factors: The aggregation factors ``k`` the input may come with.
+        value_scale: Typical fine-pixel emission.
+        high_threshold: Cell total above which a cell is weighted ``high_weight``; None: none.
+        **weights: ``pixel``, ``ssim``, ``edge``, ``consistency``, ``tv`` and ``high_weight``, as
+            in :class:`HybridLoss`.
+    """
+
+    def __init__(
+        self,
+        scale: int,
+        factors: tuple[int, ...],
+        *,
+        value_scale: float = 1.0,
+        high_threshold: float | None = None,
+        **weights: float,
+    ) -> None:
+        super().__init__()
+        if not factors or min(factors) < 1:
+            raise ValueError(f"factors must be positive integers, got {factors}")
+        self.scale = scale
+        self.levels = nn.ModuleDict(
+            {
+                str(k): HybridLoss(
+                    k,
+                    value_scale=value_scale * scale * scale,
+                    high_threshold=high_threshold,
+                    **weights,
+                )
+                for k in factors
+            }
+        )
+
+    def forward(
+        self, pred: Tensor, product: Tensor, coarse: Tensor, mask: Tensor, factor: int
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Compute the loss of a batch whose input was aggregated by ``factor``.
+
+        Args:
+            pred: Predicted fine emissions ``[B, 1, H, W]``, physical units.
+            product: The real coarse product ``[B, 1, H/s, W/s]`` (any value where ``mask`` is
+                False).
+            coarse: The network's input of the centre year, ``[B, 1, H/(k s), W/(k s)]``.
+            mask: ``[B, 1, H/s, W/s]`` bool, True on the product's valid cells.
+            factor: ``k``, one of the factors given at construction.
+
+        Returns:
+            ``(total, terms)`` as :meth:`HybridLoss.forward`.
+        """
+        if str(factor) not in self.levels:
+            raise ValueError(f"factor {factor} is not one of {list(self.levels)}")
+        cells = block_sum(pred, self.scale)
+        return self.levels[str(factor)](cells, product, coarse, mask)

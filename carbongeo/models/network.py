@@ -174,7 +174,7 @@ class DSTCarbonFormer(nn.Module):
         self.fft = FFTHardConstraint(scale, filter_name) if fft_constraint else None
         self.mass = MassConstraint(scale) if mass_constraint else None
 
-    def _check_inputs(self, aux: Tensor, coarse: Tensor) -> None:
+    def _check_inputs(self, aux: Tensor, coarse: Tensor, factor: int = 1) -> None:
         if aux.dim() != 5 or coarse.dim() != 5:
             raise ValueError(
                 "expected aux [B, C_aux, T, H, W] and coarse [B, 1, T, H/s, W/s], got "
@@ -185,21 +185,37 @@ class DSTCarbonFormer(nn.Module):
             raise ValueError(f"expected {self.aux_channels} aux channels, got {channels}")
         if years != self.temporal:
             raise ValueError(f"expected T={self.temporal} years, got {years}")
-        if height % self.scale or width % self.scale:
-            raise ValueError(f"tile {height}x{width} is not a multiple of scale {self.scale}")
-        expected = (batch, 1, years, height // self.scale, width // self.scale)
+        if factor < 1:
+            raise ValueError(f"factor must be >= 1, got {factor}")
+        cell = self.scale * factor
+        if height % cell or width % cell:
+            raise ValueError(
+                f"tile {height}x{width} is not a multiple of scale {self.scale} x factor {factor}"
+            )
+        expected = (batch, 1, years, height // cell, width // cell)
         if tuple(coarse.shape) != expected:
             raise ValueError(f"expected coarse of shape {expected}, got {tuple(coarse.shape)}")
 
-    def forward(self, aux: Tensor, coarse: Tensor, allowed: Tensor | None = None) -> Tensor:
+    def forward(
+        self, aux: Tensor, coarse: Tensor, factor: int = 1, allowed: Tensor | None = None
+    ) -> Tensor:
         """Downscale the centre year.
+
+        ``factor`` is how many ``s``-cells wide the cells of ``coarse`` are: 1 for the real
+        coarse product (inference, fine supervision), ``k`` for the product aggregated by ``k``
+        (coarse supervision). The same network serves every factor: a ``k * s`` cell is presented
+        as its ``k x k`` cells of size ``s``, each holding ``1 / k**2`` of its mass (uniform
+        spreading, which keeps the density), so the layers always see cells of ``s`` pixels; only
+        the mass constraint changes, to blocks of ``k * s`` pixels, because only those totals
+        are known. With ``factor = 1`` nothing is spread and the computation is the plain one.
 
         Args:
             aux: Auxiliary rasters ``[B, C_aux, T, H, W]``, normalised per band. Non-finite values
                 are read as 0.
-            coarse: Coarse emissions ``[B, 1, T, H/s, W/s]`` in physical units (tonnes per coarse
-                cell), nodata replaced by 0 by the caller. Negative or non-finite values are read
-                as 0.
+            coarse: Coarse emissions ``[B, 1, T, H/(k s), W/(k s)]`` in physical units (tonnes
+                per cell of ``k s`` pixels), nodata replaced by 0 by the caller. Negative or
+                non-finite values are read as 0.
+            factor: ``k``, the side of a cell of ``coarse`` in cells of ``s`` pixels.
             allowed: Optional bool ``[B, 1, H, W]``: pixels that may carry emissions (False on
                 hard zero classes such as water). With the mass constraint on, each block's mass
                 goes to its allowed pixels only (a block with none keeps it over all pixels).
@@ -207,19 +223,22 @@ class DSTCarbonFormer(nn.Module):
         Returns:
             Fine emissions ``[B, 1, H, W]`` of year ``T // 2`` in physical units (tonnes per fine
             pixel), float32, finite and non-negative. With the mass constraint on, every
-            ``s x s`` block sums to its coarse cell (relative error < 1e-4) and zero cells give
-            zeros.
+            ``k s x k s`` block sums to its cell of ``coarse`` (relative error < 1e-4) and zero
+            cells give zeros.
 
         Raises:
             ValueError: If the shapes do not match the configuration.
         """
-        self._check_inputs(aux, coarse)
+        self._check_inputs(aux, coarse, factor)
         s = self.scale
         centre = self.temporal // 2
         with torch.autocast(device_type=coarse.device.type, enabled=False):
             aux = torch.nan_to_num(aux.float(), nan=0.0, posinf=0.0, neginf=0.0)
             coarse = torch.nan_to_num(coarse.float(), nan=0.0, posinf=0.0, neginf=0.0)
             coarse = coarse.clamp_min(0.0)
+            known = coarse[:, :, centre]  # the totals the prediction must keep
+            if factor > 1:
+                coarse = upsample_blocks(coarse, factor) / (factor * factor)
             log_density = torch.log1p(coarse / (s * s * self.value_scale))
             centre_coarse = coarse[:, :, centre]
             base = upsample_blocks(centre_coarse / (s * s), s)
@@ -240,7 +259,7 @@ class DSTCarbonFormer(nn.Module):
         )
         full = self.stage3(self.sft2(full, self.aux_refine(aux_features)))
         log_ratio = self.head(self.context(full)) + self.aux_prior(aux[:, :, centre])
-        return self._constrain(log_ratio, base, reference, centre_coarse, allowed)
+        return self._constrain(log_ratio, base, reference, known, s * factor, allowed)
 
     def _constrain(
         self,
@@ -248,6 +267,7 @@ class DSTCarbonFormer(nn.Module):
         base: Tensor,
         reference: Tensor,
         coarse: Tensor,
+        block: int,
         allowed: Tensor | None,
     ) -> Tensor:
         with torch.autocast(device_type=log_ratio.device.type, enabled=False):
@@ -258,11 +278,13 @@ class DSTCarbonFormer(nn.Module):
                 # within a block then changes nothing, so training cannot drift towards the
                 # degenerate "smooth reference only" output where the tanh bound saturates and
                 # gradients vanish (seen with the FFT step applied to the raw prediction).
-                pred = mass_conserve(pred, coarse, self.scale, allowed)
+                pred = mass_conserve(pred, coarse, block, allowed)
                 pred = self.fft(pred, reference)
             pred = pred.clamp_min(0.0)
-            if self.mass is not None:
+            if self.mass is not None and block == self.scale:
                 pred = self.mass(pred, coarse, allowed)
+            elif self.mass is not None:
+                pred = mass_conserve(pred, coarse, block, allowed)
         return pred
 
 

@@ -133,7 +133,8 @@ def check_data(
 
     Args:
         config: The pipeline.
-        years: Years to check; default every year in ``tiles/index.json``.
+        years: Years to check; default every year in ``tiles/index.json`` that has a target
+            (the statistics compare each aux band with the target).
         seed: Seed of the percentile sample.
 
     Returns:
@@ -142,7 +143,7 @@ def check_data(
     tiles_dir = config.tiles_dir
     index = load_index(tiles_dir)
     check_tiles(config, index)
-    chosen = years if years is not None else list(index.years)
+    chosen = years if years is not None else [y for y in index.years if index.has_target(y)]
     warnings: list[str] = []
     per_year: dict[int, dict[str, dict[str, Any]]] = {}
     for year in chosen:

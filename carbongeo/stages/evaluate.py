@@ -144,7 +144,7 @@ def evaluate(
         )
     report = EvaluationReport(
         sections=tuple(sections),
-        units=config.target.units or "t / cell",
+        units=config.emission_units or "t / cell",
         scale=store.scale,
         holdout_year=holdout,
         markdown_path=config.layout.evaluation_md,
@@ -172,7 +172,7 @@ def _years_with_predictions(
         for year in years:
             require_prediction(config.layout, year)
         return sorted(years)
-    found = [y for y in config.years if store.has_prediction(y)]
+    found = [y for y in config.years if store.has_prediction(y) and store.index.has_target(y)]
     if not found:
         first = store.prediction_path(config.years[0])
         raise missing_input(first, f"carbongeo mosaic --years {_year_range(config.years)}")

@@ -628,7 +628,7 @@ def _run_year(
             "training_data_hash": state.data_hash,
         }
     _check_inputs(config.tiles_dir, index, years)
-    units = index.target.get("units") or config.target.units
+    units = index.target.get("units") or config.emission_units
     cog = cog_units(units, job.units, grid, job.year)
     tags = {
         "units": units,
@@ -790,7 +790,7 @@ def mosaic_years(
     if not 0 <= overlap < grid.tile_size:
         raise ParameterError(f"must be in [0, {grid.tile_size}), got {overlap}", param="overlap")
     for year in years:  # refuse units that cannot be converted before any work
-        cog_units(index.target.get("units") or config.target.units, units, grid, int(year))
+        cog_units(index.target.get("units") or config.emission_units, units, grid, int(year))
 
     results: dict[int, MosaicResult] = {}
     todo: list[int] = []

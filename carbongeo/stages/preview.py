@@ -72,7 +72,7 @@ def best_baseline(config: PipelineConfig, store: TileStore) -> str:
 
 
 def _units(config: PipelineConfig) -> str:
-    return config.target.units or "t / cell"
+    return config.emission_units or "t / cell"
 
 
 def _sample_tiles(config: PipelineConfig, store: TileStore) -> list[int]:

@@ -3,8 +3,9 @@
 Neighbouring tiles share structure (a city spans several of them), so a random split by tile
 leaks. Tiles are grouped into square spatial blocks of ``block_tiles x block_tiles`` tiles; whole
 blocks are assigned to train, val or test, and train tiles within ``buffer_tiles`` (Chebyshev
-distance, in tiles) of a val or test tile are dropped. Tiles with too little valid target are
-excluded, and every exclusion is counted by reason.
+distance, in tiles) of a val or test tile are dropped. Tiles with too little valid target (under
+coarse supervision: too little valid coarse product) are excluded, and every exclusion is counted
+by reason.
 """
 
 from __future__ import annotations
@@ -98,13 +99,20 @@ def _near(tile: dict[str, Any], others: list[tuple[int, int]], distance: int) ->
 
 
 def split_tiles(config: PipelineConfig) -> TileSplit:
-    """Read ``tiles/index.json``, split its tiles and write ``tiles/split.json`` atomically."""
+    """Read ``tiles/index.json``, split its tiles and write ``tiles/split.json`` atomically.
+
+    A tile's valid fraction is its best over the years but the held-out one: of the target under
+    fine supervision, of the coarse product under coarse supervision (which never looks at the
+    target, so the split is the same with or without one).
+    """
     index = load_index(config.tiles_dir)
     check_tiles(config, index)
     holdout = config.split.holdout_year
+    coarse = config.supervision == "coarse"
     records = []
     for tile in index.tiles:
-        fractions = [f for y, f in tile.valid_fraction.items() if y != holdout]
+        valid = tile.coarse_valid_fraction if coarse else tile.valid_fraction
+        fractions = [f for y, f in valid.items() if y != holdout]
         records.append(
             {
                 "id": tile.id,

@@ -1,8 +1,9 @@
 """``carbongeo tile``: align every source onto the grid and cut georeferenced year cubes.
 
 For each year the stage writes, under ``<workdir>/tiles``, the aux cube ``X_<year>.npy``, the
-target cube ``Y_<year>.npy``, the coarse-product cube ``C_<year>.npy`` (only with a ``[coarse]``
-product) and, last, ``index.json`` (formats and readers in :mod:`carbongeo.store.tiles`).
+target cube ``Y_<year>.npy`` (only in a year with a target, ``target.years``), the coarse-product
+cube ``C_<year>.npy`` (only with a ``[coarse]`` product) and, last, ``index.json`` (formats and
+readers in :mod:`carbongeo.store.tiles`), which records the years with a target.
 
 The grid is processed in square blocks of tiles. Each block is one dask task that reads only the
 source windows it needs and writes its own tiles into the cubes, so memory stays bounded whatever
@@ -70,11 +71,12 @@ def build_grid(config: PipelineConfig) -> Grid:
     """The fine grid of a pipeline.
 
     ``[grid] crs / resolution / bounds`` when given; otherwise the grid of the target raster of
-    the first configured year whose file exists. ``tile_size`` and ``scale`` come from ``[grid]``.
+    the first target year whose file exists, or, without a target, the coarse product's grid
+    refined by ``scale``. ``tile_size`` and ``scale`` come from ``[grid]``.
 
     Raises:
-        ConfigError: The grid CRS is invalid or no target file exists.
-        InputDataError: The target raster cannot be read or has no CRS.
+        ConfigError: The grid CRS is invalid or no target (coarse) file exists.
+        InputDataError: The raster cannot be read or has no CRS.
     """
     gc = config.grid
     if gc.crs is not None and gc.resolution is not None and gc.bounds is not None:
@@ -87,15 +89,38 @@ def build_grid(config: PipelineConfig) -> Grid:
         return Grid.from_bounds(
             wkt, gc.resolution, tuple(gc.bounds), tile_size=gc.tile_size, scale=gc.scale
         )
-    year = next((y for y in config.years if config.target.path_for(y).exists()), config.years[0])
-    if not config.target.path_for(year).exists():
+    target = config.target
+    if target is None:
+        assert config.coarse is not None  # the config requires one without a target
+        return _grid_of(config, config.coarse, config.years, refine=True)
+    return _grid_of(config, target, config.target_years, refine=False)
+
+
+def _grid_of(
+    config: PipelineConfig, src: SourceConfig, years: Sequence[int], *, refine: bool
+) -> Grid:
+    """The grid of ``src``'s raster in the first of ``years`` with a file (refined by scale)."""
+    gc = config.grid
+    key = config.source_key(src)
+    year = next((y for y in years if src.path_for(y).exists()), years[0])
+    if not src.path_for(year).exists():
+        what = "coarse product's grid refined by grid.scale" if refine else "target raster's grid"
         raise ConfigError(
-            f"target.path: no target file found for any year (first: "
-            f"{config.target.path_for(year)}); the default grid is the target raster's grid"
+            f"{key}: no {src.name} file found for any year (first: {src.path_for(year)}); the "
+            f"default grid is the {what}"
         )
-    source = raster_source(config, config.target, year)
+    source = raster_source(config, src, year)
     meta = describe_source(source)
     try:
+        if refine:
+            return Grid.from_coarse(
+                meta.crs,
+                meta.transform,
+                meta.height,
+                meta.width,
+                tile_size=gc.tile_size,
+                scale=gc.scale,
+            )
         return Grid(meta.crs, meta.transform, meta.height, meta.width, gc.tile_size, gc.scale)
     except GridError as err:
         raise GridError(f"{source.label}: {err}") from err
@@ -164,7 +189,7 @@ class _Band:
 @dataclass(frozen=True)
 class _YearPlan:
     year: int
-    target: _Band
+    target: _Band | None  # None: a year without a target
     coarse: _Band | None
     aux: tuple[_Band, ...]
 
@@ -175,7 +200,7 @@ class _YearOutput:
 
     plan: _YearPlan
     x_path: str
-    y_path: str
+    y_path: str | None
     c_path: str | None
 
 
@@ -197,6 +222,7 @@ class _BlockResult:
     coarse_total: float
     negative_count: int = 0
     lowest: float = math.inf
+    coarse_valid_counts: tuple[int, ...] = ()
 
 
 def apply_transform(values: np.ndarray, name: str) -> np.ndarray:
@@ -224,10 +250,9 @@ class _Aligner:
         w = self.window
         self.coarse_grid = coarse_scene_grid(job.grid)
         self.coarse_window = Window(w.row // s, w.col // s, w.height // s, w.width // s)
-        bands = [b for y in job.years for b in (y.plan.target, *y.plan.aux)]
-        bands += [y.plan.coarse for y in job.years if y.plan.coarse is not None]
+        bands = [b for y in job.years for b in (y.plan.target, y.plan.coarse, *y.plan.aux)]
         # Static sources (the same file every year) are aligned once and kept for the next year.
-        uses = Counter(b.source for b in bands)
+        uses = Counter(b.source for b in bands if b is not None)
         self.shared = {source for source, n in uses.items() if n > 1}
         self._cache: dict[tuple[RasterSource, bool], np.ndarray] = {}
 
@@ -254,8 +279,9 @@ def _run_block(job: _BlockJob) -> list[_BlockResult]:
     results = []
     for out in job.years:
         plan = out.plan
-        target = align(plan.target)[None]
-        aux = np.empty((len(plan.aux), *target.shape[1:]), dtype=np.float32)
+        target = align(plan.target)[None] if plan.target is not None else None
+        shape = (align.window.height, align.window.width)
+        aux = np.empty((len(plan.aux), *shape), dtype=np.float32)
         for channel, band in enumerate(plan.aux):
             aux[channel] = apply_transform(align(band), band.transform)
         coarse = None
@@ -263,35 +289,55 @@ def _run_block(job: _BlockJob) -> list[_BlockResult]:
             coarse = align(plan.coarse, coarse=True)[None]
             coarse *= grid.coarse_inside_share(align.coarse_window)
         try:
-            write_block(out.y_path, target, block.r0, block.c0, grid.tile_cols)
+            if target is not None and out.y_path is not None:
+                write_block(out.y_path, target, block.r0, block.c0, grid.tile_cols)
             write_block(out.x_path, aux, block.r0, block.c0, grid.tile_cols)
             if coarse is not None and out.c_path is not None:
                 write_block(out.c_path, coarse, block.r0, block.c0, grid.tile_cols)
         except OSError as err:
-            raise output_error(err.filename or out.y_path, err) from err
-        valid = np.isfinite(target[0])
-        negative = target[0] < 0  # NaN compares False
-        n_negative = int(np.count_nonzero(negative))
-        ids, counts = [], []
-        for tile_row in range(block.r0, block.r1):
-            for tile_col in range(block.c0, block.c1):
-                r, c = (tile_row - block.r0) * ts, (tile_col - block.c0) * ts
-                ids.append(tile_row * grid.tile_cols + tile_col)
-                counts.append(int(valid[r : r + ts, c : c + ts].sum()))
+            raise output_error(err.filename or out.x_path, err) from err
+        ids = [
+            tile_row * grid.tile_cols + tile_col
+            for tile_row in range(block.r0, block.r1)
+            for tile_col in range(block.c0, block.c1)
+        ]
+        n_negative, lowest, counts = 0, math.inf, []
+        if target is not None:
+            negative = target[0] < 0  # NaN compares False
+            n_negative = int(np.count_nonzero(negative))
+            lowest = float(target[0][negative].min()) if n_negative else math.inf
+            counts = _tile_counts(np.isfinite(target[0]), block, ts)
         results.append(
             _BlockResult(
                 year=plan.year,
                 tile_ids=tuple(ids),
                 valid_counts=tuple(counts),
-                target_total=float(np.nansum(target, dtype=np.float64)),
+                target_total=(
+                    float(np.nansum(target, dtype=np.float64)) if target is not None else 0.0
+                ),
                 coarse_total=(
                     float(np.nansum(coarse, dtype=np.float64)) if coarse is not None else 0.0
                 ),
                 negative_count=n_negative,
-                lowest=float(target[0][negative].min()) if n_negative else math.inf,
+                lowest=lowest,
+                coarse_valid_counts=(
+                    tuple(_tile_counts(np.isfinite(coarse[0]), block, ts // grid.scale))
+                    if coarse is not None
+                    else ()
+                ),
             )
         )
     return results
+
+
+def _tile_counts(valid: np.ndarray, block: Block, side: int) -> list[int]:
+    """Valid pixels of each tile of a block (row-major), on a grid of ``side``-pixel tiles."""
+    counts = []
+    for tile_row in range(block.r1 - block.r0):
+        for tile_col in range(block.c1 - block.c0):
+            r, c = tile_row * side, tile_col * side
+            counts.append(int(valid[r : r + side, c : c + side].sum()))
+    return counts
 
 
 @picklable_errors
@@ -327,7 +373,11 @@ def _plan_years(config: PipelineConfig, grid: Grid, years: Sequence[int]) -> lis
     return [
         _YearPlan(
             year=year,
-            target=band(config.target, year),
+            target=(
+                band(config.target, year)
+                if config.target is not None and config.has_target(year)
+                else None
+            ),
             coarse=band(config.coarse, year, coarse=True) if config.coarse else None,
             aux=tuple(band(a, year) for a in config.aux),
         )
@@ -342,7 +392,7 @@ def _index_meta(config: PipelineConfig) -> dict[str, Any]:
             {"name": a.name, "kind": a.kind, "transform": a.transform, "units": a.units}
             for a in config.aux
         ],
-        "target": {"units": config.target.units, "kind": config.target.kind},
+        "target": {"units": config.emission_units, "kind": "extensive"},
         "has_coarse": config.coarse is not None,
     }
 
@@ -463,10 +513,12 @@ def tile_years(
         for plan in plans:
             paths: dict[str, str] = {}
             for kind, shape in shapes.items():
+                if kind == "Y" and plan.target is None:
+                    continue  # a year without a target has no target cube
                 tmp = group.add(tiles.cube(kind, plan.year))
                 create_cube(tmp, shape)
                 paths[kind] = str(tmp)
-            outputs.append(_YearOutput(plan, paths["X"], paths["Y"], paths.get("C")))
+            outputs.append(_YearOutput(plan, paths["X"], paths.get("Y"), paths.get("C")))
         tasks: list[Any] = []
         for group_years in _year_groups(outputs, len(blocks), workers):
             for block in blocks:
@@ -523,6 +575,8 @@ def _check_target_values(plans: list[_YearPlan], block_results: list[_BlockResul
         negative[result.year] += result.negative_count
         lowest[result.year] = min(lowest.get(result.year, math.inf), result.lowest)
     for plan in plans:
+        if plan.target is None:
+            continue
         label = plan.target.source.label
         if valid[plan.year] == 0:
             raise InputDataError(
@@ -558,7 +612,7 @@ def _total_tasks(plans: list[_YearPlan], grid: Grid, prefix: str) -> tuple[list[
     tasks: list[Any] = []
     keys: list[str] = []
     for plan in plans:
-        bands = [(plan.target, scene)] + ([(plan.coarse, scene)] if plan.coarse else [])
+        bands = [(band, scene) for band in (plan.target, plan.coarse) if band is not None]
         for band, bounds in bands:
             key = _total_key(band)
             if key in keys:
@@ -596,18 +650,24 @@ def _merge_index(
         old_target_years = {y for y in old_years if existing.has_target(y)}
         for record, old in zip(tiles, existing.tiles, strict=True):
             record.valid_fraction = {y: f for y, f in old.valid_fraction.items() if y in old_years}
+            record.coarse_valid_fraction = {
+                y: f for y, f in old.coarse_valid_fraction.items() if y in old_years
+            }
         totals = {y: t for y, t in existing.totals.items() if y in old_years}
     area = grid.tile_size * grid.tile_size
+    cells = (grid.tile_size // grid.scale) ** 2
     aligned: dict[int, list[float]] = {y: [0.0, 0.0] for y in new_years}
     for result in block_results:
-        for tile_id, count in zip(result.tile_ids, result.valid_counts, strict=True):
+        for tile_id, count in zip(result.tile_ids, result.valid_counts, strict=False):
             tiles[tile_id].valid_fraction[result.year] = count / area
+        for tile_id, count in zip(result.tile_ids, result.coarse_valid_counts, strict=False):
+            tiles[tile_id].coarse_valid_fraction[result.year] = count / cells
         aligned[result.year][0] += result.target_total
         aligned[result.year][1] += result.coarse_total
     for plan in plans:
         totals[plan.year] = {
-            "target_source": source_totals[_total_key(plan.target)],
-            "target_aligned": aligned[plan.year][0],
+            "target_source": source_totals[_total_key(plan.target)] if plan.target else None,
+            "target_aligned": aligned[plan.year][0] if plan.target else None,
             "coarse_source": source_totals[_total_key(plan.coarse)] if plan.coarse else None,
             "coarse_aligned": aligned[plan.year][1] if plan.coarse else None,
         }
@@ -621,7 +681,7 @@ def _merge_index(
         tiles=tiles,
         totals=totals,
         config_hash=config.tiles_hash(),
-        target_years=sorted(old_target_years | new_years),  # every tiled year has a target
+        target_years=sorted(old_target_years | {p.year for p in plans if p.target is not None}),
     )
 
 
@@ -630,7 +690,9 @@ def _warn_on_totals(plans: list[_YearPlan], index: TileIndex) -> None:
     scenes = {"target": index.grid.bounds, "coarse": index.grid.bounds}
     for plan in plans:
         t = index.totals[plan.year]
-        pairs = [("target", plan.target, t["target_source"], t["target_aligned"])]
+        pairs = []
+        if plan.target is not None:
+            pairs.append(("target", plan.target, t["target_source"], t["target_aligned"]))
         if plan.coarse is not None:
             pairs.append(("coarse", plan.coarse, t["coarse_source"], t["coarse_aligned"]))
         for name, band, before, after in pairs:

@@ -8,6 +8,11 @@ One function, :func:`train`, runs single-process or under ``torchrun`` (detected
 * ``best.pt`` whenever the validation MAE improves;
 * ``train_log.csv`` with one row per epoch (:data:`carbongeo.training.loop.LOG_COLUMNS`).
 
+What the model learns from is ``train.supervision`` resolved by
+:meth:`carbongeo.config.PipelineConfig.supervision_choice`: the fine target, or the coarse
+product alone (:mod:`carbongeo.training.coarse`), where validation and early stopping use the
+coarse-level MAE.
+
 This module only orders the steps; the machinery is in :mod:`carbongeo.training`: ``setup``
 (data, model, loss, optimiser, resuming), ``loop`` (epochs, validation, early stopping,
 checkpoints, log), ``distributed`` (process group, all-reduce, samplers) and ``interrupt``

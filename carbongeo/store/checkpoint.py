@@ -16,6 +16,10 @@ carries pickled Python objects is refused rather than executed. Keys of the file
 ``bands``, ``scale``, ``tile_size``, ``config``, ``data_hash``
     The data layout the model expects, the pipeline file as parsed and the hash of what
     determines data and model.
+``supervision``, ``coarse_factors``
+    ``"fine"`` or ``"coarse"`` and, under coarse supervision, the factors by which the product
+    was aggregated for training (empty under fine supervision). Files without them (older
+    versions) were trained with fine supervision.
 
 A checkpoint written by ``carbongeo train`` also holds the training state (:class:`TrainingState`):
 
@@ -230,6 +234,8 @@ class Checkpoint:
         tile_size: Tile side in fine pixels.
         config: The pipeline file as parsed (plain values).
         data_hash: :meth:`carbongeo.config.PipelineConfig.data_hash` of that pipeline.
+        supervision: ``fine`` or ``coarse``: what the model learnt from.
+        coarse_factors: The aggregation factors of coarse supervision (empty under fine).
         training: The state to resume training from; None in an inference-only checkpoint.
     """
 
@@ -242,6 +248,8 @@ class Checkpoint:
     config: dict[str, Any]
     data_hash: str
     training: TrainingState | None = None
+    supervision: str = "fine"
+    coarse_factors: tuple[int, ...] = ()
 
     @classmethod
     def for_inference(
@@ -278,8 +286,12 @@ class Checkpoint:
             bands=names,
             scale=model.scale,
             tile_size=config.grid.tile_size if tile_size is None else tile_size,
-            config=plain(config.raw),
+            config=plain(config.recorded_raw()),
             data_hash=config.data_hash(),
+            supervision=config.supervision,
+            coarse_factors=(
+                tuple(config.train.coarse_factors) if config.supervision == "coarse" else ()
+            ),
         )
 
     def with_training(self, training: TrainingState) -> Checkpoint:
@@ -328,6 +340,8 @@ class Checkpoint:
             "tile_size": self.tile_size,
             "config": plain(self.config),
             "data_hash": self.data_hash,
+            "supervision": self.supervision,
+            "coarse_factors": list(self.coarse_factors),
         }
         if self.training is not None:
             out.update(self.training.to_dict())
@@ -357,6 +371,8 @@ class Checkpoint:
                 tile_size=_int(data, "tile_size"),
                 config=_get(data, "config", dict),
                 data_hash=_get(data, "data_hash", str),
+                supervision=str(data.get("supervision", "fine")),
+                coarse_factors=tuple(int(k) for k in data.get("coarse_factors", [])),
                 training=TrainingState.from_dict(data) if "optimizer" in data else None,
             )
         except KeyError as err:

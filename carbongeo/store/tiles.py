@@ -71,23 +71,31 @@ class TileRecord:
         id: Tile id (row-major), the index along the cubes' first axis.
         row: Row of the tile's upper-left pixel on the grid.
         col: Column of the tile's upper-left pixel on the grid.
-        valid_fraction: Per year, the fraction of the tile's ``ts x ts`` pixels where the target is
-            valid (padding counts as invalid).
+        valid_fraction: Per year with a target, the fraction of the tile's ``ts x ts`` pixels where
+            the target is valid (padding counts as invalid).
+        coarse_valid_fraction: Per year (with a coarse product), the fraction of the tile's
+            coarse cells where the coarse product is valid; the split of coarse supervision.
     """
 
     id: int
     row: int
     col: int
     valid_fraction: dict[int, float] = field(default_factory=dict)
+    coarse_valid_fraction: dict[int, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON form: year keys become strings."""
-        return {
+        """JSON form: year keys become strings (``coarse_valid_fraction`` only when known)."""
+        data: dict[str, Any] = {
             "id": self.id,
             "row": self.row,
             "col": self.col,
             "valid_fraction": {str(y): f for y, f in sorted(self.valid_fraction.items())},
         }
+        if self.coarse_valid_fraction:
+            data["coarse_valid_fraction"] = {
+                str(y): f for y, f in sorted(self.coarse_valid_fraction.items())
+            }
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TileRecord:
@@ -97,6 +105,9 @@ class TileRecord:
             row=int(data["row"]),
             col=int(data["col"]),
             valid_fraction={int(y): float(f) for y, f in data.get("valid_fraction", {}).items()},
+            coarse_valid_fraction={
+                int(y): float(f) for y, f in data.get("coarse_valid_fraction", {}).items()
+            },
         )
 
 
@@ -115,7 +126,8 @@ class TileIndex:
          "target": {"units", "kind"},
          "has_coarse": false,                       # C_<year>.npy written
          "nodata": "NaN",
-         "tiles": [{"id", "row", "col", "valid_fraction": {"2014": 0.93, ...}}, ...],
+         "tiles": [{"id", "row", "col", "valid_fraction": {"2014": 0.93, ...},
+                    "coarse_valid_fraction": {...}}, ...],  # the latter with [coarse] only
          "totals": {"2014": {"target_source", "target_aligned", "coarse_source",
                              "coarse_aligned"}},    # coarse_* are null without [coarse]
          "config_hash": "..."}
@@ -292,6 +304,17 @@ class TileIndex:
         """
         self.require_year(year)
         return np.array([t.valid_fraction.get(year, 0.0) for t in self.tiles], dtype=np.float64)
+
+    def coarse_valid_fractions(self, year: int) -> np.ndarray:
+        """Valid fraction of every tile's coarse product for ``year`` (float64 ``[N]``).
+
+        Raises:
+            InputDataError: ``year`` has not been tiled.
+        """
+        self.require_year(year)
+        return np.array(
+            [t.coarse_valid_fraction.get(year, 0.0) for t in self.tiles], dtype=np.float64
+        )
 
 
 def load_index(tiles_dir: str | Path) -> TileIndex:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from carbongeo.config import DEFAULT_CONFIG_NAME
-from carbongeo.errors import OutputError
+from carbongeo.errors import ConfigError, OutputError
 from carbongeo.io.atomic import write_text_atomic
 from carbongeo.synth import auxiliary, layers
 from carbongeo.synth.cities import WorldLayout
@@ -25,6 +25,7 @@ def generate_world(
     seed: int = 0,
     size: str = "small",
     years: Sequence[int] | None = None,
+    target_years: Sequence[int] | None = None,
 ) -> Path:
     """Write the synthetic world's rasters under out_dir and out_dir/'carbongeo.toml'.
 
@@ -39,17 +40,23 @@ def generate_world(
         seed: Non-negative random seed.
         size: A key of `SIZES`: "tiny", "small" or "medium".
         years: Years to write; default the size's year range.
+        target_years: The years the pipeline file gives a target (`target.years`); None: every
+            year; empty: no `[target]` (the truth rasters are written all the same, for
+            evaluation and tests).
 
     Returns:
         The path of the pipeline file.
 
     Raises:
-        ConfigError: Unknown size, negative seed or invalid years.
+        ConfigError: Unknown size, negative seed or invalid years (or target years outside them).
         OutputError: The folder or a file cannot be written.
     """
     spec = size_spec(size)
     year_values = year_list(spec, years)
     check_seed(seed)
+    outside = [y for y in target_years or () if y not in year_values]
+    if outside:
+        raise ConfigError(f"target years: {outside[0]} is not one of the world's years")
     out_dir = Path(out_dir)
     config_path = out_dir / CONFIG_NAME
     try:
@@ -60,7 +67,7 @@ def generate_world(
         _write_static(world, out_dir)
         for year in year_values:
             _write_year(world, year, out_dir)
-        write_text_atomic(config_path, world_config_text(spec, year_values))
+        write_text_atomic(config_path, world_config_text(spec, year_values, target_years))
     except OSError as exc:
         raise OutputError(f"cannot write the synthetic world to {out_dir}: {exc}") from exc
     return config_path

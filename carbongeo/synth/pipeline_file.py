@@ -67,8 +67,28 @@ def years_value(years: Sequence[int]) -> str | list[int]:
     return years
 
 
-def world_config_text(spec: SynthSize, years: Sequence[int]) -> str:
-    """The pipeline file of a synthetic world of size `spec` with these (sorted) years."""
+def world_config_text(
+    spec: SynthSize, years: Sequence[int], target_years: Sequence[int] | None = None
+) -> str:
+    """The pipeline file of a synthetic world of size `spec` with these (sorted) years.
+
+    Args:
+        spec: The world's size.
+        years: The years of the pipeline.
+        target_years: None: a `[target]` for every year (the default file). Otherwise the years
+            the pipeline gets a target for (`target.years`); empty: no `[target]` at all. The
+            truth rasters are written either way; `[coarse]` then also carries the units.
+    """
+    target: list[Table] = [
+        ("[target]", {"path": TARGET.path, "kind": TARGET.kind, "units": TARGET.units})
+    ]
+    coarse: dict[str, TomlValue] = {"path": COARSE.path}
+    if target_years is not None:
+        coarse["units"] = COARSE.units
+        target = []
+        if target_years:
+            keys = {"path": TARGET.path, "years": years_value(sorted(target_years))}
+            target = [("[target]", {**keys, "kind": TARGET.kind, "units": TARGET.units})]
     aux: list[Table] = [
         (
             "[[aux]]",
@@ -87,8 +107,8 @@ def world_config_text(spec: SynthSize, years: Sequence[int]) -> str:
         {"workdir": "runs", "years": years_value(years)},
         [
             ("[grid]", {"tile_size": spec.tile_size, "scale": spec.scale}),
-            ("[target]", {"path": TARGET.path, "kind": TARGET.kind, "units": TARGET.units}),
-            ("[coarse]", {"path": COARSE.path}),
+            *target,
+            ("[coarse]", coarse),
             *aux,
             (
                 "[split]",

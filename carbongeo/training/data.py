@@ -5,8 +5,13 @@ A sample is one tile in one centre year ``y``. Its inputs are the aux bands of y
 target summed over ``scale x scale`` blocks in linear units. Its label is the fine target of the
 centre year. The model input therefore never holds the target at full resolution.
 
-Years beyond the ends of the series replicate the nearest end year; a year inside the series whose
-cubes are missing is an error that names the command to fix it. Cubes are memory-mapped and opened
+Years beyond the ends of the series replicate the nearest end year, and a neighbour year without a
+target (``target.years``) the centre year; a year inside the series whose cubes are missing is an
+error that names the command to fix it.
+
+:class:`ProductDataset` is the same for coarse supervision: it never opens a target cube, its
+label is the real coarse product and its coarse field that product (the training loop aggregates
+it further by ``k`` before the model sees it). Cubes are memory-mapped and opened
 lazily in each process (DataLoader workers included), never loaded whole.
 """
 
@@ -28,7 +33,7 @@ from carbongeo.errors import (
 )
 from carbongeo.ops.blocks import block_sum
 from carbongeo.ops.domain import allowed_pixels, aux_domain
-from carbongeo.store.tiles import check_cubes, load_index, open_aux_target
+from carbongeo.store.tiles import check_cubes, load_index, open_aux_target, open_year
 
 if TYPE_CHECKING:
     from carbongeo.training.normalization import Normalization
@@ -113,9 +118,9 @@ class CubeDataset(Dataset[dict[str, Any]]):
         if series is None:
             series = (years[0], years[-1]) if years else (0, 0)
         first, last = series
-        self.windows = {y: window_years(y, temporal, first, last) for y in years}
+        self.windows = {y: self._window(y, first, last) for y in years}
         needed = {w for window in self.windows.values() for w in window}
-        check_cubes(self.tiles_dir, self.index, needed, target=True, coarse=False)
+        self._check(needed)
         self.samples = [
             (int(tile_id), self.index.position(int(tile_id)), year)
             for tile_id in tile_ids
@@ -127,6 +132,17 @@ class CubeDataset(Dataset[dict[str, Any]]):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def _window(self, year: int, first: int, last: int) -> list[int]:
+        window = window_years(year, self.temporal, first, last)
+        # A neighbour without a target has no coarse field here (it is the target summed).
+        return [w if self.index.has_target(w) else year for w in window]
+
+    def _check(self, years: set[int]) -> None:
+        check_cubes(self.tiles_dir, self.index, years, target=True, coarse=False)
+
+    def _open(self, year: int) -> tuple[np.ndarray, np.ndarray]:
+        return open_aux_target(self.tiles_dir, self.index, year)
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_cubes"] = {}  # memory maps are reopened in the receiving process
@@ -137,7 +153,7 @@ class CubeDataset(Dataset[dict[str, Any]]):
             self._cubes = {}
             self._pid = os.getpid()
         if year not in self._cubes:
-            self._cubes[year] = open_aux_target(self.tiles_dir, self.index, year)
+            self._cubes[year] = self._open(year)
         return self._cubes[year]
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
@@ -163,10 +179,14 @@ class CubeDataset(Dataset[dict[str, Any]]):
             "tile_id": tile_id,
             "year": year,
         }
-        allowed = allowed_pixels(aux[:, centre], self.index.bands, self.zero_classes)
-        if allowed is not None:
-            item["allowed"] = torch.from_numpy(np.ascontiguousarray(allowed[None]))
-        return item
+        return item | self._allowed(aux[:, centre])
+
+    def _allowed(self, aux: np.ndarray) -> dict[str, Tensor]:
+        """``{"allowed": [1, H, W]}`` of the centre year, or nothing without zero classes."""
+        allowed = allowed_pixels(aux, self.index.bands, self.zero_classes)
+        if allowed is None:
+            return {}
+        return {"allowed": torch.from_numpy(np.ascontiguousarray(allowed[None]))}
 
     def _augment(
         self, aux: np.ndarray, target: np.ndarray, index: int, epoch: int
@@ -185,6 +205,59 @@ class CubeDataset(Dataset[dict[str, Any]]):
         # The coarse field is computed afterwards from the transformed target, so it stays the
         # exact block sum of what the model sees.
         return out[0], out[1]
+
+
+class ProductDataset(CubeDataset):
+    """(tile, centre year) samples for coarse supervision: the coarse product is the label.
+
+    The target cube is never opened. Each item is a dict:
+
+    * ``aux``: float32 ``[C, T, H, W]``, normalised, nodata set to 0 (as :class:`CubeDataset`);
+    * ``coarse``: float32 ``[1, T, H/s, W/s]``, the real coarse product of the window's years
+      (nodata counts as 0); the loop aggregates it by ``k`` for the model's input;
+    * ``target``: float32 ``[1, H/s, W/s]``, the centre year's product, nodata set to 0;
+    * ``mask``: bool ``[1, H/s, W/s]``, True on the cells whose product is finite and whose
+      ``s x s`` pixels all have aux data;
+    * ``allowed``: as in :class:`CubeDataset`, only with ``zero_classes``;
+    * ``tile_id`` and ``year``: ints.
+
+    Arguments and augmentation are those of :class:`CubeDataset`.
+    """
+
+    def _window(self, year: int, first: int, last: int) -> list[int]:
+        return window_years(year, self.temporal, first, last)
+
+    def _check(self, years: set[int]) -> None:
+        check_cubes(self.tiles_dir, self.index, years, target=False, coarse=True)
+
+    def _open(self, year: int) -> tuple[np.ndarray, np.ndarray]:
+        cubes = open_year(self.tiles_dir, self.index, year, target=False, coarse=True)
+        assert cubes.coarse is not None  # open_year raises when the product is missing
+        return cubes.aux, cubes.coarse
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, epoch = (int(key[0]), int(key[1])) if isinstance(key, tuple) else (int(key), 0)
+        tile_id, row, year = self.samples[index]
+        window = self.windows[year]
+        aux = np.stack([self._cube(w)[0][row] for w in window], axis=1)  # [C, T, H, W]
+        product = np.stack([self._cube(w)[1][row, 0] for w in window], axis=0)[None]
+        aux = aux.astype(np.float32, copy=False)
+        product = product.astype(np.float32, copy=False)
+        if self.augment:  # rotations and flips commute with the block structure
+            aux, product = self._augment(aux, product, index, epoch)
+        centre = self.temporal // 2
+        cell = product[:, centre]
+        covered = block_sum(aux_domain(aux[:, centre]).astype(np.float32), self.scale)
+        mask = np.isfinite(cell) & (covered == self.scale * self.scale)[None]
+        return {
+            "aux": torch.from_numpy(self.norm.normalize_aux(aux)),
+            "coarse": torch.from_numpy(np.nan_to_num(product, nan=0.0, posinf=0.0, neginf=0.0)),
+            "target": torch.from_numpy(np.where(np.isfinite(cell), cell, np.float32(0.0))),
+            "mask": torch.from_numpy(mask),
+            "tile_id": tile_id,
+            "year": year,
+            **self._allowed(aux[:, centre]),
+        }
 
 
 def model_inputs(batch: dict[str, Any], device: torch.device) -> tuple[Tensor, Tensor]:

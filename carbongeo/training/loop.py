@@ -42,6 +42,7 @@ from carbongeo.store.checkpoint import (
     save_checkpoint,
 )
 from carbongeo.store.tiles import TileIndex
+from carbongeo.training.coarse import coarse_loss, step_factor, validate_coarse
 from carbongeo.training.data import model_allowed, model_inputs
 from carbongeo.training.distributed import DistContext, all_reduce, barrier
 from carbongeo.training.divergence import diverged, no_finite_loss
@@ -53,6 +54,7 @@ logger = logging.getLogger(__name__)
 
 LOG_COLUMNS: tuple[str, ...] = (
     "epoch",
+    "supervision",
     "lr",
     *(f"loss_{name}" for name in TERMS),
     "train_loss",
@@ -64,7 +66,9 @@ LOG_COLUMNS: tuple[str, ...] = (
 )
 """Columns of ``train_log.csv``. ``tiles_per_s`` is the training throughput of the epoch;
 ``data_tiles_per_s`` is tiles divided by the time the loop waited on the DataLoader (much larger
-than ``tiles_per_s`` when the loader is not the bottleneck)."""
+than ``tiles_per_s`` when the loader is not the bottleneck). ``supervision`` is ``fine`` or
+``coarse``; under coarse supervision the ``val_`` metrics are at the level of the coarse
+product's cells (:func:`carbongeo.training.coarse.validate_coarse`)."""
 
 
 @dataclass(frozen=True)
@@ -195,6 +199,8 @@ class Trainer:
         self.history: list[dict[str, Any]] = list(resumed.history) if resumed else []
         self.partial: EpochProgress | None = resumed.partial if resumed else None
         self._step_rng: RngState = {}
+        self.supervision = config.supervision
+        self._metric = "val MAE" if self.supervision == "fine" else "val coarse-level MAE"
 
     # ------------------------------------------------------------------ state
     def checkpoint(self, rng: RngState, partial: EpochProgress | None = None) -> Checkpoint:
@@ -232,7 +238,7 @@ class Trainer:
         start_epoch = self.epoch
         if self.stopped or self.epoch >= self.total_epochs:
             self._report(
-                f"training already complete at epoch {self.epoch} (best val MAE "
+                f"training already complete at epoch {self.epoch} (best {self._metric} "
                 f"{self.best_metric:.6g}); nothing to do"
             )
             return 0
@@ -259,16 +265,7 @@ class Trainer:
         try:
             if prog.step < parts.steps_per_epoch:
                 self._train_steps(prog, guard)
-            metrics = validate(
-                parts.eval_model,
-                parts.val_loader,
-                self.device,
-                self.norm,
-                self.index.scale,
-                amp_dtype=parts.amp_dtype,
-                ctx=self.ctx,
-                interrupt=guard,
-            )
+            metrics = self._validate(guard)
         except DeferredInterrupt:
             if self.ctx.is_main:
                 save_checkpoint(self.files.latest, self.checkpoint(self._step_rng, prog))
@@ -282,6 +279,32 @@ class Trainer:
             raise
         seconds = trained_before + time.perf_counter() - started
         self._end_epoch(epoch, prog, metrics, seconds)
+
+    def _validate(self, guard: InterruptGuard) -> dict[str, float]:
+        """The epoch's validation metrics (coarse-level under coarse supervision)."""
+        parts = self.parts
+        if self.supervision == "coarse":
+            return validate_coarse(
+                parts.eval_model,
+                parts.val_loader,
+                self.device,
+                self.norm,
+                self.index.scale,
+                self.config.train.coarse_factors,
+                autocast=lambda: autocast(self.device, parts.amp_dtype),
+                ctx=self.ctx,
+                interrupt=guard,
+            )
+        return validate(
+            parts.eval_model,
+            parts.val_loader,
+            self.device,
+            self.norm,
+            self.index.scale,
+            amp_dtype=parts.amp_dtype,
+            ctx=self.ctx,
+            interrupt=guard,
+        )
 
     def _train_steps(self, prog: EpochProgress, guard: InterruptGuard) -> None:
         parts = self.parts
@@ -307,7 +330,7 @@ class Trainer:
                 now = time.perf_counter()
                 prog.wait_seconds += now - waited
                 self._step_rng = rng_state()
-                done, terms = self._step(batch, guard)
+                done, terms = self._step(batch, guard, prog)
                 prog.step += 1
                 if done:
                     sums += terms
@@ -328,17 +351,31 @@ class Trainer:
             prog.train_seconds += time.perf_counter() - begun
         self._step_rng = rng_state()
 
-    def _step(self, batch: dict[str, Any], guard: InterruptGuard) -> tuple[bool, Tensor]:
+    def _step(
+        self, batch: dict[str, Any], guard: InterruptGuard, prog: EpochProgress
+    ) -> tuple[bool, Tensor]:
         """One optimisation step; returns (applied, [total, *terms]) of the batch."""
         parts = self.parts
         device = self.device
-        aux, coarse = model_inputs(batch, device)
-        target = batch["target"].to(device, non_blocking=True)
-        mask = batch["mask"].to(device, non_blocking=True)
-        with autocast(device, parts.amp_dtype):
-            pred = parts.train_model(aux, coarse, allowed=model_allowed(batch, device))
-        centre = coarse[:, :, coarse.shape[2] // 2]
-        loss, terms = parts.loss_fn(pred.float(), target, centre, mask)
+        if self.supervision == "coarse":
+            tcfg = self.config.train
+            factor = step_factor(tcfg.coarse_factors, tcfg.seed, prog.epoch, prog.step)
+            loss, terms = coarse_loss(
+                parts.train_model,
+                parts.loss_fn,  # type: ignore[arg-type]
+                batch,
+                device,
+                factor,
+                lambda: autocast(device, parts.amp_dtype),
+            )
+        else:
+            aux, coarse = model_inputs(batch, device)
+            target = batch["target"].to(device, non_blocking=True)
+            mask = batch["mask"].to(device, non_blocking=True)
+            with autocast(device, parts.amp_dtype):
+                pred = parts.train_model(aux, coarse, allowed=model_allowed(batch, device))
+            centre = coarse[:, :, coarse.shape[2] // 2]
+            loss, terms = parts.loss_fn(pred.float(), target, centre, mask)
         # One flag vector per step, all-reduced so every process skips or stops together.
         flags = torch.tensor(
             [0.0 if torch.isfinite(loss) else 1.0, 1.0 if guard.requested else 0.0],
@@ -393,9 +430,9 @@ class Trainer:
             save_checkpoint(self.files.latest, state)
             write_log(self.files.log, self.history)
         message = (
-            f"epoch {epoch}/{self.total_epochs}: train loss {row['train_loss']:.4g}, val MAE "
-            f"{metrics['mae']:.4g} (best {self.best_metric:.4g}), RMSE {metrics['rmse']:.4g}, R2 "
-            f"{metrics['r2']:.3f}, {row['tiles_per_s']:.1f} tiles/s"
+            f"epoch {epoch}/{self.total_epochs}: train loss {row['train_loss']:.4g}, "
+            f"{self._metric} {metrics['mae']:.4g} (best {self.best_metric:.4g}), RMSE "
+            f"{metrics['rmse']:.4g}, R2 {metrics['r2']:.3f}, {row['tiles_per_s']:.1f} tiles/s"
         )
         if self.stopped:
             message += f"; early stop after {self.bad_epochs} epochs without improvement"
@@ -422,6 +459,7 @@ class Trainer:
         mean = [v / steps if steps > 0 else math.nan for v in totals_list[: len(TERMS) + 1]]
         return {
             "epoch": epoch,
+            "supervision": self.supervision,
             "lr": self.parts.scheduler.get_last_lr()[0],
             "train_loss": mean[0],
             **{f"loss_{name}": value for name, value in zip(TERMS, mean[1:], strict=True)},

@@ -6,6 +6,11 @@ loss receive ``value_scale`` (the mean of the positive target pixels) to bring v
 the loss and metrics receive quantile thresholds of the positive target pixels. Only the train
 split is read, so validation and test tiles never leak into the statistics.
 
+Under coarse supervision (:func:`compute_product_normalization`) the coarse product takes the
+target's place: ``value_scale`` is the mean positive cell divided by ``s**2`` (a typical fine
+pixel), and the two thresholds are quantiles of the positive cells, in tonnes per cell, because
+the loss and the validation of that mode compare cells.
+
 Statistics are streamed tile by tile over memory-mapped cubes: the mean and variance are combined
 with Chan's parallel update in float64, and quantiles come from a bounded uniform random sample of
 the positive target pixels (bottom-k sampling), so memory stays flat in the dataset size.
@@ -13,8 +18,9 @@ the positive target pixels (bottom-k sampling), so memory stays flat in the data
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,7 +34,7 @@ from carbongeo.errors import (
     InputDataError,
     RunFileError,
 )
-from carbongeo.store.tiles import load_index, open_aux_target
+from carbongeo.store.tiles import TileIndex, load_index, open_aux_target, open_year
 
 HOTSPOT_QUANTILE = 0.99
 """Quantile of the positive train target pixels above which a pixel counts as a hotspot."""
@@ -225,8 +231,62 @@ def compute_normalization(
             (:class:`~carbongeo.errors.MissingRunFileError`) or its bands differ from the index.
     """
     tiles_dir = Path(tiles_dir)
-    years = list(years)
     index = load_index(tiles_dir)
+
+    def cubes(year: int) -> tuple[np.ndarray, np.ndarray]:
+        return open_aux_target(tiles_dir, index, year)
+
+    return _statistics(
+        index, tile_ids, list(years), cubes, high_quantile, sample_size, seed, "target"
+    )
+
+
+def compute_product_normalization(
+    tiles_dir: str | Path,
+    tile_ids: Sequence[int],
+    years: Iterable[int],
+    *,
+    high_quantile: float,
+    sample_size: int = DEFAULT_SAMPLE_SIZE,
+    seed: int = 0,
+) -> Normalization:
+    """The statistics of coarse supervision: the coarse product in the target's place.
+
+    Never opens a target cube. ``value_scale`` is the mean positive cell over ``s**2``;
+    ``high_threshold`` and ``hotspot_threshold`` are quantiles of the positive cells (per cell).
+
+    Args, returns and raises: as :func:`compute_normalization`, with ``C_<year>.npy`` read
+    instead of ``Y_<year>.npy``.
+    """
+    tiles_dir = Path(tiles_dir)
+    index = load_index(tiles_dir)
+
+    def cubes(year: int) -> tuple[np.ndarray, np.ndarray]:
+        year_cubes = open_year(tiles_dir, index, year, target=False, coarse=True)
+        assert year_cubes.coarse is not None  # open_year raises when the product is missing
+        return year_cubes.aux, year_cubes.coarse
+
+    norm = _statistics(
+        index, tile_ids, list(years), cubes, high_quantile, sample_size, seed, "coarse"
+    )
+    cell = index.scale * index.scale
+    return dataclasses.replace(norm, value_scale=norm.value_scale / cell)
+
+
+def _statistics(
+    index: TileIndex,
+    tile_ids: Sequence[int],
+    years: list[int],
+    cubes: Callable[[int], tuple[np.ndarray, np.ndarray]],
+    high_quantile: float,
+    sample_size: int,
+    seed: int,
+    label: str,
+) -> Normalization:
+    """Stream the aux and label cubes (``cubes(year)``) of the train tiles once.
+
+    ``label`` is the config table of the label (``target`` or ``coarse``), named in the error.
+    """
     rows = sorted({index.position(int(tile_id)) for tile_id in tile_ids})
     if not rows or not years:
         raise RunFileError("the train split is empty; rerun 'carbongeo split' and check it")
@@ -235,7 +295,7 @@ def compute_normalization(
     positive_count = 0
     moments = RunningMoments(len(index.bands))
     for year in years:
-        x_cube, y_cube = open_aux_target(tiles_dir, index, year)
+        x_cube, y_cube = cubes(year)
         for row in rows:
             aux = np.asarray(x_cube[row], dtype=np.float64)
             moments.update(aux.reshape(aux.shape[0], -1))
@@ -246,8 +306,8 @@ def compute_normalization(
             sample.update(positive)
     if positive_count == 0:
         raise InputDataError(
-            f"the train tiles hold no positive target pixel in years {years[0]}-{years[-1]}; "
-            "check target.path and target.nodata, or the split"
+            f"the train tiles hold no positive {label} pixel in years {years[0]}-{years[-1]}; "
+            f"check {label}.path and {label}.nodata, or the split"
         )
     high, hotspot = np.quantile(sample.values, [high_quantile, HOTSPOT_QUANTILE])
     return Normalization(

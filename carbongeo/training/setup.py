@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from carbongeo.config import PipelineConfig, TrainConfig
 from carbongeo.errors import CheckpointError, ConfigError, RunFileError
-from carbongeo.models.losses import HybridLoss
+from carbongeo.models.losses import CoarseLevelLoss, HybridLoss
 from carbongeo.models.network import DSTCarbonFormer
 from carbongeo.store.checkpoint import (
     Checkpoint,
@@ -33,9 +33,13 @@ from carbongeo.store.checkpoint import (
 )
 from carbongeo.store.split import TileSplit
 from carbongeo.store.tiles import TileIndex
-from carbongeo.training.data import CubeDataset
+from carbongeo.training.data import CubeDataset, ProductDataset
 from carbongeo.training.distributed import DistContext, EpochSampler, ShardSampler
-from carbongeo.training.normalization import Normalization, compute_normalization
+from carbongeo.training.normalization import (
+    Normalization,
+    compute_normalization,
+    compute_product_normalization,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +71,11 @@ def model_kwargs(
     }
 
 
+def factors_of(config: PipelineConfig) -> tuple[int, ...]:
+    """The coarse factors a model of ``config`` is trained with (none under fine supervision)."""
+    return config.train.coarse_factors if config.supervision == "coarse" else ()
+
+
 def build_model(kwargs: Mapping[str, Any]) -> DSTCarbonFormer:
     """The network of ``kwargs`` (from :func:`model_kwargs` or a checkpoint's ``model_config``)."""
     return DSTCarbonFormer(**kwargs)
@@ -89,9 +98,28 @@ def model_from_checkpoint(checkpoint: Checkpoint) -> DSTCarbonFormer:
     return model
 
 
-def build_loss(config: PipelineConfig, scale: int, norm: Normalization) -> HybridLoss:
-    """The hybrid loss of a pipeline's ``[loss]`` table, with the thresholds of ``norm``."""
+def build_loss(
+    config: PipelineConfig, scale: int, norm: Normalization
+) -> HybridLoss | CoarseLevelLoss:
+    """The hybrid loss of a pipeline's ``[loss]`` table, with the thresholds of ``norm``.
+
+    Under coarse supervision it is that loss at the level of the coarse product's cells
+    (:class:`~carbongeo.models.losses.CoarseLevelLoss`).
+    """
     lcfg = config.loss
+    if config.supervision == "coarse":
+        return CoarseLevelLoss(
+            scale,
+            config.train.coarse_factors,
+            value_scale=norm.value_scale,
+            high_threshold=norm.high_threshold,
+            pixel=lcfg.pixel,
+            ssim=lcfg.ssim,
+            edge=lcfg.edge,
+            consistency=lcfg.consistency,
+            tv=lcfg.tv,
+            high_weight=lcfg.high_weight,
+        )
     return HybridLoss(
         scale,
         value_scale=norm.value_scale,
@@ -159,8 +187,13 @@ def check_tiles(index: TileIndex, config: PipelineConfig) -> None:
 
 
 def training_years(config: PipelineConfig, split: TileSplit) -> list[int]:
-    """The years trained on (all but the held-out one), after checking the split can train."""
+    """The years trained on, after checking the split can train.
+
+    All but the held-out one; under fine supervision only those with a target.
+    """
     years = [y for y in config.years if y != split.holdout_year]
+    if config.supervision == "fine":
+        years = [y for y in years if config.has_target(y)]
     if not split.train:
         raise RunFileError("the split has no train tiles; rerun: carbongeo split")
     if not years:
@@ -173,10 +206,15 @@ def training_years(config: PipelineConfig, split: TileSplit) -> list[int]:
 def build_datasets(
     config: PipelineConfig, split: TileSplit, years: list[int], norm: Normalization
 ) -> tuple[CubeDataset, CubeDataset]:
-    """The augmented train dataset and the validation dataset (the train tiles if val is empty)."""
+    """The augmented train dataset and the validation dataset (the train tiles if val is empty).
+
+    :class:`~carbongeo.training.data.ProductDataset` under coarse supervision, which never reads
+    a target.
+    """
     seed = config.train.seed
     series = (config.years[0], config.years[-1])
-    train_set = CubeDataset(
+    dataset = ProductDataset if config.supervision == "coarse" else CubeDataset
+    train_set = dataset(
         config.tiles_dir,
         split.train,
         years,
@@ -194,7 +232,7 @@ def build_datasets(
             "tiles instead (add val blocks with split.ratios)"
         )
         val_ids = split.train
-    val_set = CubeDataset(
+    val_set = dataset(
         config.tiles_dir,
         val_ids,
         years,
@@ -212,7 +250,10 @@ def train_normalization(
     """The normalisation of a resumed run, else computed from the train tiles of ``years``."""
     if resumed is not None:
         return resumed.normalization
-    return compute_normalization(
+    compute = (
+        compute_product_normalization if config.supervision == "coarse" else compute_normalization
+    )
+    return compute(
         config.tiles_dir,
         split.train,
         years,
@@ -279,6 +320,13 @@ def load_resumable(
     if checkpoint.data_hash != config.data_hash():
         raise CheckpointError(f"{path} comes from another data or model configuration; {afresh}")
     checkpoint.check_compatible(list(index.bands), index.scale, index.tile_size)
+    supervision = (config.supervision, factors_of(config))
+    if (checkpoint.supervision, checkpoint.coarse_factors) != supervision:
+        raise CheckpointError(
+            f"{path} was trained with {checkpoint.supervision} supervision (coarse factors "
+            f"{list(checkpoint.coarse_factors)}), this config asks for {supervision[0]} "
+            f"({list(supervision[1])}); {afresh}"
+        )
     if checkpoint.training.split != split:
         raise CheckpointError(
             f"{path} was trained on another split (tiles/split.json changed); {afresh}"
@@ -295,7 +343,7 @@ class TrainingParts:
         model: The bare network (its state dict has no wrapper prefixes).
         eval_model: ``model``, compiled when ``train.compile`` is set.
         train_model: ``eval_model``, wrapped in DistributedDataParallel in a distributed run.
-        loss_fn: The hybrid loss.
+        loss_fn: The hybrid loss (at the coarse level under coarse supervision).
         optimizer: AdamW over the model's parameters.
         scheduler: The per-step learning-rate schedule.
         scaler: The fp16 GradScaler, or None.
@@ -310,7 +358,7 @@ class TrainingParts:
     model: DSTCarbonFormer
     eval_model: nn.Module
     train_model: nn.Module
-    loss_fn: HybridLoss
+    loss_fn: HybridLoss | CoarseLevelLoss
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler | None

@@ -206,7 +206,11 @@ def test_tiny_pipeline_through_the_cli(tmp_path: Path) -> None:
     stats = json.loads(step("check", "-c", config, "--json"))
     assert set(stats["years"]) == {"2014", "2015", "2016"}
     assert stats["years"]["2015"]["target"]["count"] > 0
-    assert step("train", "-c", config, "--epochs", "1").startswith("trained 1 epoch(s)")
+    chose, trained = step("train", "-c", config, "--epochs", "1").splitlines()
+    assert (
+        chose == "supervision: auto chose fine, because the training years 2014-2016 have a target"
+    )
+    assert trained.startswith("trained 1 epoch(s); best validation MAE")
     assert len(step("mosaic", "-c", config).splitlines()) == 3
     report = json.loads(step("evaluate", "-c", config, "--json"))
     methods = report["sections"][0]["methods"]

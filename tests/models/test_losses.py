@@ -180,3 +180,22 @@ def test_invalid_arguments_are_rejected() -> None:
             torch.rand(1, 1, 1, 1),
             torch.ones(1, 1, 8, 8, dtype=torch.bool),
         )
+
+
+def test_coarse_level_loss_compares_cell_sums_with_the_product() -> None:
+    from carbongeo.models.losses import CoarseLevelLoss
+
+    scale = 4
+    product = sparse_target(batch=2, size=32) * 16 + 1.0  # cells of s = 4 px: [2, 1, 32, 32]
+    mask = torch.ones_like(product, dtype=torch.bool)
+    coarse = block_sum(product, 2)
+    loss_fn = CoarseLevelLoss(scale, (2, 4), value_scale=1.0)
+    exact = torch.kron(product, torch.ones(scale, scale)) / scale**2
+    total, terms = loss_fn(exact, product, coarse, mask, 2)
+    assert float(total) == pytest.approx(0.0, abs=1e-6)
+    # Moving mass between the cells of a 2 x 2 input cell keeps the input, changes the label fit.
+    wrong = torch.kron(torch.kron(coarse, torch.ones(2, 2)) / 4, torch.ones(scale, scale)) / 16
+    total, terms = loss_fn(wrong, product, coarse, mask, 2)
+    assert float(terms["pixel"]) > 0.01 and float(terms["consistency"]) < 1e-6
+    with pytest.raises(ValueError, match="factor 3"):
+        loss_fn(exact, product, coarse, mask, 3)

@@ -239,3 +239,29 @@ def test_tiny_model_compiles() -> None:
         out = compiled(aux, coarse)
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-3)
     assert relative_block_error(out, coarse[:, :, 1], 4) < 1e-4
+
+
+@pytest.mark.parametrize("fft", [False, True])
+def test_a_coarser_input_is_spread_and_conserved_on_its_own_cells(fft: bool) -> None:
+    torch.manual_seed(0)
+    model = DSTCarbonFormer(3, 4, fft_constraint=fft, **TINY).eval()
+    aux, product = make_inputs(2, 3, 3, 32, 32, scale=4)
+    coarse = block_sum(product, 2)  # cells of 8 px
+    with torch.no_grad():
+        out = model(aux, coarse, 2)
+        spread = model(aux, torch.kron(coarse, torch.ones(2, 2)) / 4)  # the same cells, at s
+    assert out.shape == (2, 1, 32, 32) and bool((out >= 0).all())
+    assert relative_block_error(out, coarse[:, :, 1], 8) < 1e-4
+    # The network sees the spread product; only the blocks of the mass constraint differ.
+    assert relative_block_error(spread, coarse[:, :, 1], 8) < 1e-4
+    assert relative_block_error(out, block_sum(spread, 4), 4) > 1e-3
+    with pytest.raises(ValueError, match="factor 2"):
+        model(aux[..., :28, :28], coarse[..., :3, :3], 2)
+
+
+def test_factor_one_is_the_plain_call() -> None:
+    torch.manual_seed(0)
+    model = DSTCarbonFormer(3, 4, **TINY).eval()
+    aux, coarse = make_inputs(1, 3, 3, 16, 16, scale=4)
+    with torch.no_grad():
+        assert torch.equal(model(aux, coarse, 1), model(aux, coarse))

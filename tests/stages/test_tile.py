@@ -468,3 +468,35 @@ def test_distributed_cluster_gives_identical_cubes(tmp_path: Path) -> None:
             a = (threaded.tiles_dir / name).read_bytes()
             assert a == (distributed.tiles_dir / name).read_bytes(), name
     assert load_index(threaded.tiles_dir).to_dict() == load_index(distributed.tiles_dir).to_dict()
+
+
+def test_a_target_for_some_years_only(tmp_path: Path) -> None:
+    from carbongeo.config import load_config
+    from carbongeo.stages.mosaic import mosaic_years
+    from carbongeo.stages.split import split_tiles
+    from carbongeo.stages.train import train
+    from carbongeo.synth import generate_world
+
+    config = load_config(generate_world(tmp_path, size="tiny", target_years=(2014,)))
+    full = load_config(generate_world(tmp_path / "full", size="tiny"))
+    assert build_grid(config).same_geometry(build_grid(full))
+    # Without a target, the default grid is the coarse product's refined by scale.
+    no_target = load_config(generate_world(tmp_path / "none", size="tiny", target_years=()))
+    assert build_grid(no_target).same_geometry(build_grid(full))
+
+    index = tile_years(config, config.years, progress=False, scheduler="synchronous")
+    tiles = TilesLayout(config.tiles_dir)
+    assert index.target_years == [2014] and index.years == [2014, 2015, 2016]
+    assert tiles.cube("Y", 2014).exists() and not tiles.cube("Y", 2015).exists()
+    assert all(tiles.cube(k, y).exists() for k in ("X", "C") for y in index.years)
+    record = max(index.tiles, key=lambda t: t.coarse_valid_fraction[2016])
+    assert set(record.valid_fraction) == {2014} and 0 < record.coarse_valid_fraction[2016] <= 1
+    assert index.totals[2015]["target_aligned"] is None
+    assert index.totals[2015]["coarse_aligned"] > 0
+
+    # auto is fine (2014 has a target), training reads only 2014; every year is mosaicked.
+    split_tiles(config)
+    result = train(config, epochs=1, device="cpu", progress=False, max_steps_per_epoch=1)
+    assert result.epochs_run == 1
+    done = mosaic_years(config, config.years, progress=False)
+    assert [r.year for r in done] == [2014, 2015, 2016]
