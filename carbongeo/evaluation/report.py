@@ -59,6 +59,7 @@ class SectionResult:
         unplaced_mass: Coarse mass in blocks where no aux pixel is valid (no baseline can place it).
         mass_on_masked: Coarse mass in blocks whose valid pixels are all hard zero classes: every
             method keeps it spread over those pixels rather than dropping it.
+        models: The methods that are trained models (the others are baselines).
         factor: 0 for a fine-level section (scored against the fine truth); ``k`` for a
             coarse-level (Wald) section: every method downscaled the coarse product aggregated
             by ``k`` and is scored against the real product on its cells.
@@ -75,6 +76,7 @@ class SectionResult:
     unplaced_mass: float
     mass_on_masked: float = 0.0
     factor: int = 0
+    models: tuple[str, ...] = (MODEL,)
 
     @property
     def level(self) -> str:
@@ -88,7 +90,7 @@ class SectionResult:
     @property
     def best_baseline(self) -> str | None:
         """The baseline with the lowest MAE."""
-        baselines = [m for m in self.ranking() if m != MODEL]
+        baselines = [m for m in self.ranking() if m not in self.models]
         return baselines[0] if baselines else None
 
     def verdict(self, units: str) -> str:
@@ -147,6 +149,7 @@ class EvaluationReport:
         json_path: ``reports/evaluation.json``.
         forests: What each fitted forest is and learned from: ``{method: {"describe",
             "data", "fit_seconds", "predict_seconds", "samples", "importances"}}``.
+        model: What the model learnt from (its supervision), for the reader.
     """
 
     sections: tuple[SectionResult, ...]
@@ -156,6 +159,7 @@ class EvaluationReport:
     markdown_path: Path
     json_path: Path
     forests: dict[str, dict[str, Any]] = field(default_factory=dict)
+    model: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (the content of ``evaluation.json``; NaN and inf become null)."""
@@ -167,6 +171,7 @@ class EvaluationReport:
                 "metrics": list(REPORT_METRICS),
                 "sections": [s.to_dict(self.units) for s in self.sections],
                 "forests": self.forests,
+                "model": self.model,
                 "markdown": str(self.markdown_path),
             }
         )
@@ -178,6 +183,8 @@ class EvaluationReport:
             f"Units: {self.units} (MAE, RMSE). Coarse scale {self.scale} x {self.scale}. "
             "Metrics pooled over every evaluated (truth-valid) pixel; see the definitions below."
         )
+        if self.model:
+            lines += ["", f"The model learnt from {self.model}."]
         for section in self.sections:
             lines += ["", *_section_markdown(section, self.units)]
         if self.forests:
@@ -252,8 +259,8 @@ def _section_markdown(section: SectionResult, units: str) -> list[str]:
     best = section.best_baseline
     for name in section.ranking():
         label = name
-        if name == MODEL:
-            label = "**model**"
+        if name in section.models:
+            label = f"**{name}**"
         elif name == best:
             label = f"{name} (best baseline)"
         cells = [_cell(key, section.metrics[name].get(key, float("nan"))) for key in columns]

@@ -24,10 +24,16 @@ from carbongeo.evaluation.baselines import method_names, run_baselines
 from carbongeo.evaluation.forest import FittedForest
 from carbongeo.evaluation.metrics import MetricPool
 from carbongeo.evaluation.report import MODEL, EvaluationReport, SectionResult
-from carbongeo.ops.blocks import block_sum
-from carbongeo.ops.mass import cell_totals, mass_on_masked, unplaced_mass
+from carbongeo.ops.blocks import block_sum, upsample_blocks
+from carbongeo.ops.mass import cell_totals, mass_on_masked, reproject_mass, unplaced_mass
 from carbongeo.stages.forests import FOREST_DATA, fit_run_forests, forest_sample
-from carbongeo.stages.freshness import check_prediction, check_split, check_tiles
+from carbongeo.stages.freshness import (
+    check_checkpoint,
+    check_prediction,
+    check_split,
+    check_tiles,
+)
+from carbongeo.store.checkpoint import Checkpoint
 from carbongeo.store.layout import missing_input
 from carbongeo.store.predictions import require_prediction
 from carbongeo.store.reports import write_evaluation
@@ -80,6 +86,7 @@ def evaluate(
     years: Sequence[int] | None = None,
     split: str | None = None,
     progress: bool = True,
+    compare: Mapping[str, PipelineConfig] | None = None,
 ) -> EvaluationReport:
     """Evaluate the model's predictions and the baselines; write the reports.
 
@@ -88,6 +95,9 @@ def evaluate(
         years: Years to evaluate; default: every config year with a prediction.
         split: Tile set (``train``, ``val`` or ``test``); default ``[evaluate] split``.
         progress: Show a progress bar over tiles.
+        compare: Other trained runs on the same grid and tiles (e.g. the same world trained with
+            coarse supervision), by the name their model gets in the tables: their predictions
+            and checkpoints are scored on this run's tiles next to this run's model.
 
     Returns:
         The report; ``reports/evaluation.md`` and ``reports/evaluation.json`` are written.
@@ -104,31 +114,38 @@ def evaluate(
     check_tiles(config, store.index)
     tile_split = load_split(config.tiles_dir)
     check_split(config, tile_split)
-    years = _years_with_predictions(config, store, years)
+    tiled = [y for y in config.years if y in store.index.years]
+    wald_years = sorted(years) if years is not None else tiled
+    with_target = any(store.index.has_target(y) for y in wald_years)
+    years = _years_with_predictions(config, store, years) if with_target else []
     for year in years:
         check_prediction(config, config.layout.prediction_tif(year), year)
     holdout = tile_split.holdout_year
+    ids = tile_split.ids(subset)
+    if not ids:
+        raise ConfigError(
+            f"{config.layout.tiles.split} has no {subset} tiles; change split.ratios and "
+            f"rerun: carbongeo split --config {config.path}"
+        )
     forests = fit_run_forests(store)
+    network = _load_network(config)
+    others = {name: _Other(other, store) for name, other in (compare or {}).items()}
     predict_seconds: dict[str, float] = {}
     sections: list[SectionResult] = []
     main_years = [y for y in years if y != holdout]
     if main_years:
-        ids = tile_split.ids(subset)
-        if not ids:
-            raise ConfigError(
-                f"{config.layout.tiles.split} has no {subset} tiles; change split.ratios and "
-                f"rerun: carbongeo split --config {config.path}"
-            )
         sections.append(
             _evaluate_section(
-                store, subset, subset, main_years, ids, forests, predict_seconds, progress
+                store, subset, subset, main_years, ids, forests, predict_seconds, progress, others
             )
         )
-    if main_years:
-        for factor in _wald_factors(store):
-            sections.append(
-                _wald_section(store, subset, main_years, tile_split.ids(subset), forests, factor)
+    coarse_years = [y for y in wald_years if y != holdout]
+    for factor in _wald_factors(config, store) if coarse_years else []:
+        sections.append(
+            _wald_section(
+                store, subset, coarse_years, ids, forests, network, factor, progress, others
             )
+        )
     if holdout is not None and holdout in years:
         sections.append(
             _evaluate_section(
@@ -144,6 +161,7 @@ def evaluate(
         )
     report = EvaluationReport(
         sections=tuple(sections),
+        model=_model_note(network, others),
         units=config.emission_units or "t / cell",
         scale=store.scale,
         holdout_year=holdout,
@@ -193,11 +211,13 @@ def _evaluate_section(
     forests: Mapping[str, FittedForest],
     predict_seconds: dict[str, float],
     progress: bool,
+    others: Mapping[str, _Other],
 ) -> SectionResult:
     from tqdm.auto import tqdm
 
     data_range, log_range = store.truth_range(years, tile_ids)
-    methods = [MODEL, *method_names(proxy_bands(store)), *forests]
+    compared = [n for n, o in others.items() if all(o.store.has_prediction(y) for y in years)]
+    methods = [MODEL, *compared, *method_names(proxy_bands(store)), *forests]
     pool = MetricPool(methods, data_range=data_range, log_data_range=log_range)
     coarse_total = 0.0
     unplaced = 0.0
@@ -216,6 +236,8 @@ def _evaluate_section(
                 assert tile.truth is not None and tile.prediction is not None
                 baselines = tile_baselines(store, tile, forests=forests, seconds=predict_seconds)
                 preds = {MODEL: tile.prediction, **baselines}
+                for name in compared:
+                    preds[name] = others[name].prediction(year, tile_id)
                 pool.add(tile.truth, tile.coarse, s, tile.inside, preds, water=tile.water)
                 coarse_total += float(np.nansum(tile.coarse))
                 unplaced += unplaced_mass(tile.coarse, s, tile.domain)
@@ -232,7 +254,92 @@ def _evaluate_section(
         coarse_total=coarse_total,
         unplaced_mass=unplaced,
         mass_on_masked=on_masked,
+        models=(MODEL, *compared),
     )
+
+
+# =========================================================================== the network
+#: What the model learnt from, by supervision, for the report.
+MODEL_DATA: dict[str, str] = {
+    "fine": "fine supervision: the target (fine truth) of the training tiles",
+    "coarse": "coarse supervision: the coarse product of the training tiles only, no fine truth",
+}
+
+
+class _Network:
+    """The run's trained network, run on one tile with any coarse input (the Wald tables)."""
+
+    def __init__(self, checkpoint: Checkpoint) -> None:
+        from carbongeo.training.setup import model_from_checkpoint
+
+        self.model = model_from_checkpoint(checkpoint)
+        self.norm = checkpoint.normalization
+        self.supervision = checkpoint.supervision
+
+    def predict(
+        self, store: TileStore, tile: TileData, year: int, factor: int, degraded: np.ndarray
+    ) -> np.ndarray:
+        """The fine map of ``tile`` from the product aggregated by ``factor`` (``degraded``),
+        mass conserved on the aggregated cells over the tile's valid pixels (as the mosaic)."""
+        import torch
+
+        from carbongeo.stages.mosaic import input_years
+
+        window = input_years(store.index, year, self.model.temporal)
+        aux = np.stack([store.cube_aux(y, tile.tile_id) for y in window], axis=1)
+        coarse = [
+            degraded
+            if y == year
+            else cell_totals(store.load(y, tile.tile_id, with_prediction=False).coarse, factor)
+            for y in window
+        ]
+        coarse_t = torch.from_numpy(np.nan_to_num(np.stack(coarse)[None, None]).astype(np.float32))
+        aux_t = torch.from_numpy(self.norm.normalize_aux(aux.astype(np.float32))[None])
+        allowed = None if tile.allowed is None else torch.from_numpy(tile.allowed[None, None])
+        with torch.inference_mode():
+            pred = self.model(aux_t, coarse_t, factor, allowed=allowed)[0, 0].double().numpy()
+        side = factor * store.scale
+        valid = tile.domain & upsample_blocks(np.isfinite(degraded), side)
+        return reproject_mass(pred, valid, degraded, side, tile.allowed)
+
+
+class _Other:
+    """Another run's trained model, scored on this run's tiles (``compare``)."""
+
+    def __init__(self, config: PipelineConfig, store: TileStore) -> None:
+        self.store = TileStore(config)
+        if self.store.grid != store.grid:
+            raise ConfigError(
+                f"{config.path}: its grid differs from {store.config.path}'s; a model is compared "
+                "on the same grid and tiles"
+            )
+        self.network = _load_network(config)
+
+    def prediction(self, year: int, tile_id: int) -> np.ndarray | None:
+        """Its mosaicked prediction of one tile, or None without one for ``year``."""
+        if not self.store.has_prediction(year):
+            return None
+        return self.store.load(year, tile_id).prediction
+
+
+def _model_note(network: _Network | None, others: Mapping[str, _Other]) -> str:
+    notes = [f"{MODEL}: {MODEL_DATA[network.supervision]}"] if network is not None else []
+    for name, other in others.items():
+        if other.network is not None:
+            notes.append(f"{name}: {MODEL_DATA[other.network.supervision]}")
+    return "; ".join(notes)
+
+
+def _load_network(config: PipelineConfig) -> _Network | None:
+    """The workdir's best checkpoint as a :class:`_Network`, or None before training."""
+    from carbongeo.store.checkpoint import load_checkpoint
+
+    path = config.layout.best_checkpoint
+    if not path.is_file():
+        return None
+    checkpoint = load_checkpoint(path)
+    check_checkpoint(config, checkpoint, path)
+    return _Network(checkpoint)
 
 
 # =========================================================================== coarse level (Wald)
@@ -241,13 +348,11 @@ def _evaluate_section(
 # mass conserved on those cells; the fine map summed back to the product's s x s cells is compared
 # with the real product. Placing mass well inside a k s cell is what gets the product's cells
 # right, so the table ranks the methods without a single fine pixel of truth.
-WALD_FACTORS: tuple[int, ...] = (2, 4)
-
-
-def _wald_factors(store: TileStore) -> list[int]:
-    """The factors ``k`` of the coarse-level tables that divide the tiles' cells per side."""
+def _wald_factors(config: PipelineConfig, store: TileStore) -> list[int]:
+    """The factors ``k`` of the coarse-level tables (``train.coarse_factors``) that divide the
+    tiles' cells per side."""
     cells = store.tile_size // store.scale
-    return [k for k in WALD_FACTORS if cells % k == 0]
+    return [k for k in config.train.coarse_factors if k > 1 and cells % k == 0]
 
 
 def _wald_section(
@@ -256,11 +361,19 @@ def _wald_section(
     years: Sequence[int],
     tile_ids: Sequence[int],
     forests: Mapping[str, FittedForest],
+    network: _Network | None,
     factor: int,
+    progress: bool,
+    others: Mapping[str, _Other],
 ) -> SectionResult:
     """Every method on the product aggregated by ``factor``, scored on the product's cells."""
+    from tqdm.auto import tqdm
+
     s = store.scale
-    names = [*method_names(proxy_bands(store)), *forests]
+    models = {MODEL: network} if network is not None else {}
+    models |= {n: o.network for n, o in others.items() if o.network is not None}
+    names = [*models, *method_names(proxy_bands(store))]
+    names += list(forests)
     tiles = [(year, tile_id) for year in years for tile_id in tile_ids]
     lo, hi = math.inf, -math.inf
     for year, tile_id in tiles:
@@ -272,7 +385,8 @@ def _wald_section(
     log_range = float(np.log1p(max(hi, 0.0)) - np.log1p(max(lo, 0.0))) if hi >= lo else 0.0
     pool = MetricPool(names, data_range=data_range, log_data_range=log_range)
     coarse_total = 0.0
-    for year, tile_id in tiles:
+    bar = tqdm(tiles, desc=f"evaluate coarse level k={factor}", unit="tile", disable=not progress)
+    for year, tile_id in bar:
         tile = store.load(year, tile_id, with_prediction=False)
         proxies = {b: tile.band(b) for b in proxy_bands(store)}
         product = tile.coarse
@@ -282,6 +396,8 @@ def _wald_section(
         sample = dataclasses.replace(forest_sample(store, tile), coarse=degraded)
         for name, forest in forests.items():
             fine[name] = forest.allocate(sample, side)
+        for name, model in models.items():
+            fine[name] = model.predict(store, tile, year, factor, degraded)
         cells = {name: cell_totals(field, s) for name, field in fine.items()}
         evaluated = block_sum(tile.domain, s) > 0
         pool.add(product, degraded, factor, evaluated, cells)
@@ -297,4 +413,5 @@ def _wald_section(
         coarse_total=coarse_total,
         unplaced_mass=0.0,
         factor=factor,
+        models=tuple(models),
     )

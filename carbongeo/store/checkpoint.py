@@ -298,20 +298,54 @@ class Checkpoint:
         """This checkpoint with ``training`` as its training state."""
         return dataclasses.replace(self, training=training)
 
-    def check_compatible(self, bands: Sequence[str], scale: int, tile_size: int) -> None:
-        """Check that the model fits the data of a configuration.
+    def check_compatible(
+        self,
+        bands: Sequence[str],
+        scale: int,
+        tile_size: int,
+        aux: Sequence[Mapping[str, Any]] | None = None,
+    ) -> None:
+        """Check that the model fits the data of a configuration (this region or another).
+
+        The aux bands must match by name and order and, when ``aux`` is given, by kind and
+        transform; the scale and tile size must match. The normalisation always comes from the
+        checkpoint.
+
+        Args:
+            bands: The data's aux band names in channel order.
+            scale: The data's grid scale.
+            tile_size: The data's tile size.
+            aux: The data's aux tables (``name``, ``kind``, ``transform``), e.g. ``index.aux``.
 
         Raises:
-            CheckpointError: If the band count, band names, scale or tile size differ.
+            CheckpointError: One line naming the first band or key that differs.
         """
-        have = (list(self.bands), self.scale, self.tile_size)
-        want = (list(bands), scale, tile_size)
-        if have != want:
+        trained = list(self.bands)
+        if list(bands) != trained:
             raise CheckpointError(
-                f"checkpoint was trained with {len(have[0])} bands {have[0]}, scale {have[1]} "
-                f"and tile size {have[2]}; this config has {len(want[0])} bands {want[0]}, scale "
-                f"{want[1]} and tile size {want[2]} (use a checkpoint trained on this config)"
+                f"aux: the checkpoint was trained with {len(trained)} bands {trained}, this config "
+                f"has {len(bands)} {list(bands)}; give the same [[aux]] bands in the same order"
             )
+        recorded = {t.get("name"): t for t in self.config.get("aux", []) if isinstance(t, dict)}
+        for table in aux or []:
+            name = table.get("name")
+            if name not in recorded:
+                continue
+            for key, default in (("kind", "intensive"), ("transform", "none")):
+                have, want = recorded[name].get(key, default), table.get(key, default)
+                if have != want:
+                    raise CheckpointError(
+                        f"aux band {name!r}: {key} is {want!r} in this config but the checkpoint "
+                        f"was trained with {have!r}"
+                    )
+        for key, have, want in (
+            ("grid.scale", self.scale, scale),
+            ("grid.tile_size", self.tile_size, tile_size),
+        ):
+            if have != want:
+                raise CheckpointError(
+                    f"{key}: {want} in this config but the checkpoint was trained with {have}"
+                )
 
     def load_weights(self, model: torch.nn.Module, fix: str) -> None:
         """Load the weights into ``model``; a mismatch is one CheckpointError line.

@@ -699,6 +699,11 @@ class TileStore:
         assert cube is not None
         return cube
 
+    def cube_aux(self, year: int, tile_id: int) -> np.ndarray:
+        """The aux values ``[C, ts, ts]`` of one tile as the cube holds them (after the band
+        transforms, float32, NaN nodata): the network's input before normalisation."""
+        return np.asarray(self._year(year).aux[self.index.position(tile_id)])
+
     def truth_total(self, year: int, tile_id: int) -> float:
         """Sum of the valid truth of one tile.
 

@@ -158,9 +158,14 @@ def test_evaluate_pools_pixels_over_tiles_and_years(tmp_path: Path) -> None:
 def test_evaluate_reports_the_holdout_year_on_all_tiles(tmp_path: Path) -> None:
     config = make_run(tmp_path, holdout_year=2021)
     report = evaluate(config, progress=False)
-    assert [s.name for s in report.sections] == ["test", "holdout 2021"]
+    assert [s.name for s in report.sections] == [
+        "test",
+        "coarse level, k = 2: test",
+        "coarse level, k = 4: test",
+        "holdout 2021",
+    ]
     assert report.sections[0].years == (2020,)
-    assert report.sections[1].n_tiles == len(GRID.tiles()) and report.sections[1].split == "all"
+    assert report.sections[-1].n_tiles == len(GRID.tiles()) and report.sections[-1].split == "all"
     assert report.holdout_year == 2021
     assert "## holdout 2021" in report.markdown_path.read_text()
 
@@ -239,3 +244,35 @@ def test_a_cell_made_only_of_water_keeps_its_mass_and_is_counted(tmp_path: Path)
     assert section["mass_on_masked"] > 0.0
     uniform = section["methods"]["uniform"]
     assert uniform["mass_err_max"] < 1e-9  # kept, not dropped
+
+
+def test_the_coarse_level_table_scores_the_degraded_product_against_the_real_one(
+    tmp_path: Path,
+) -> None:
+    config = make_run(tmp_path, with_coarse=True)
+    report = evaluate(config, progress=False)
+    by_factor = {s.factor: s for s in report.sections}
+    assert set(by_factor) == {0, 2, 4} and by_factor[2].level == "coarse"
+    wald = by_factor[2]
+    assert "model" not in wald.metrics  # no checkpoint in this run: no network to run
+    # Uniform from k = 2 spreads each 2 x 2 block of product cells evenly: recompute its MAE.
+    errors = []
+    for year in YEARS:
+        cube = np.load(config.tiles_dir / f"C_{year}.npy")
+        x_cube = np.load(config.tiles_dir / f"X_{year}.npy")
+        for tile_id in SPLIT["test"]:
+            product = cube[tile_id, 0].astype(np.float64)
+            domain = np.isfinite(x_cube[tile_id]).any(axis=0)
+            cells = block_sum(domain.astype(float), S) > 0
+            inside = np.zeros_like(cells)
+            inside[: (GRID.height - GRID.tiles()[tile_id].row) // S, :] = True
+            degraded = block_sum(np.nan_to_num(product), 2)
+            counts = block_sum(cells.astype(float), 2)  # carrying cells per 2 x 2 block
+            spread = np.repeat(np.repeat(degraded / np.maximum(counts, 1), 2, 0), 2, 1)
+            ok = cells & np.isfinite(product)
+            errors.append(np.abs(spread - product)[ok])
+    expected = np.concatenate(errors).mean()
+    assert wald.metrics["uniform"]["mae"] == pytest.approx(expected, rel=1e-9)
+    md = report.markdown_path.read_text()
+    assert "Coarse level (Wald protocol, no fine truth used)" in md
+    assert "Fine level: every method is scored against the fine truth" in md

@@ -307,11 +307,12 @@ def build_run(
         if has_coarse:
             product = coarse_from_fine(target, scale) * 1.5 + 1.0
             np.save(tiles.cube("C", year), cut_tiles(product, grid, tile // scale))
+    kinds = {a.name: a.kind for a in config.aux}
     index = TileIndex(
         grid=grid,
         years=list(YEARS),
         bands=list(bands),
-        aux=[{"name": b, "kind": "intensive", "transform": "none", "units": ""} for b in bands],
+        aux=[{"name": b, "kind": kinds.get(b, "intensive"), "transform": "none"} for b in bands],
         target={"units": UNITS, "kind": "extensive"},
         has_coarse=has_coarse,
         tiles=[TileRecord(t.id, t.row, t.col, {}) for t in grid.tiles()],

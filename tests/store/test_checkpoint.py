@@ -214,14 +214,26 @@ def test_an_older_or_foreign_layout_is_one_clear_error(
 def test_other_configuration_is_refused(tmp_path: Path) -> None:
     checkpoint = Checkpoint.for_inference(_model(), NORM, _config(tmp_path))
     checkpoint.check_compatible(["b0", "b1"], 4, 32)
-    with pytest.raises(CheckpointError, match="2 bands .* this config has 3 bands"):
+    with pytest.raises(CheckpointError, match="aux: .*2 bands .* this config has 3"):
         checkpoint.check_compatible(["b0", "b1", "b2"], 4, 32)
-    with pytest.raises(CheckpointError, match="scale 4"):
+    with pytest.raises(CheckpointError, match="grid.scale: 8 in this config .* trained with 4"):
         checkpoint.check_compatible(["b0", "b1"], 8, 32)
-    with pytest.raises(CheckpointError, match="tile size 32"):
+    with pytest.raises(CheckpointError, match="grid.tile_size: 64"):
         checkpoint.check_compatible(["b0", "b1"], 4, 64)
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match="same order"):
         checkpoint.check_compatible(["b1", "b0"], 4, 32)
+    recorded = {t["name"]: t for t in checkpoint.config["aux"]}
+    same = [
+        {"name": n, "kind": t.get("kind", "intensive"), "transform": t.get("transform", "none")}
+        for n, t in recorded.items()
+    ]
+    checkpoint.check_compatible(["b0", "b1"], 4, 32, aux=same)
+    other = [
+        dict(same[0], transform="log1p" if same[0]["transform"] == "none" else "none"),
+        same[1],
+    ]
+    with pytest.raises(CheckpointError, match="aux band 'b0': transform"):
+        checkpoint.check_compatible(["b0", "b1"], 4, 32, aux=other)
 
 
 def test_weights_that_do_not_fit_are_one_line(tmp_path: Path) -> None:
