@@ -461,9 +461,10 @@ def catalog_command(config_path: Path) -> None:
 @years_option("evaluate")
 @click.option(
     "--split",
-    type=click.Choice(["train", "val", "test"]),
+    type=click.Choice(["train", "val", "test", "all"]),
     default=None,
-    help="Tiles to evaluate (default: evaluate.split of the config, normally test).",
+    help="Tiles to evaluate (default: evaluate.split of the config, normally test). all: every "
+    "tile of the scene, fair only for a model and baselines that never saw the fine truth.",
 )
 @json_option("Print the full report as JSON.")
 @click.pass_context

@@ -93,7 +93,8 @@ def evaluate(
     Args:
         config: The pipeline.
         years: Years to evaluate; default: every config year with a prediction.
-        split: Tile set (``train``, ``val`` or ``test``); default ``[evaluate] split``.
+        split: Tile set (``train``, ``val``, ``test``, or ``all``: every tile of the scene, fair
+            only where the model never saw the fine truth); default ``[evaluate] split``.
         progress: Show a progress bar over tiles.
         compare: Other trained runs on the same grid and tiles (e.g. the same world trained with
             coarse supervision), by the name their model gets in the tables: their predictions
@@ -103,13 +104,13 @@ def evaluate(
         The report; ``reports/evaluation.md`` and ``reports/evaluation.json`` are written.
 
     Raises:
-        ParameterError: ``split`` is not train, val or test.
+        ParameterError: ``split`` is not train, val, test or all.
         MissingRunFileError: Missing tiles, split or predictions (naming the command to run).
         ConfigError: The split has no tiles in the evaluated subset.
     """
     subset = split if split is not None else config.evaluate.split
-    if subset not in ("train", "val", "test"):
-        raise ParameterError(f"{subset!r} is not one of train, val, test", param="split")
+    if subset not in ("train", "val", "test", "all"):
+        raise ParameterError(f"{subset!r} is not one of train, val, test, all", param="split")
     store = TileStore(config)
     check_tiles(config, store.index)
     tile_split = load_split(config.tiles_dir)
@@ -121,7 +122,7 @@ def evaluate(
     for year in years:
         check_prediction(config, config.layout.prediction_tif(year), year)
     holdout = tile_split.holdout_year
-    ids = tile_split.ids(subset)
+    ids = store.tile_ids if subset == "all" else tile_split.ids(subset)
     if not ids:
         raise ConfigError(
             f"{config.layout.tiles.split} has no {subset} tiles; change split.ratios and "
