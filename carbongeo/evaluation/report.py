@@ -60,6 +60,8 @@ class SectionResult:
         mass_on_masked: Coarse mass in blocks whose valid pixels are all hard zero classes: every
             method keeps it spread over those pixels rather than dropping it.
         models: The methods that are trained models (the others are baselines).
+        references: Methods that read the fine truth to show what is reachable (the oracle):
+            neither models nor baselines.
         factor: 0 for a fine-level section (scored against the fine truth); ``k`` for a
             coarse-level (Wald) section: every method downscaled the coarse product aggregated
             by ``k`` and is scored against the real product on its cells.
@@ -77,6 +79,7 @@ class SectionResult:
     mass_on_masked: float = 0.0
     factor: int = 0
     models: tuple[str, ...] = (MODEL,)
+    references: tuple[str, ...] = ()
 
     @property
     def level(self) -> str:
@@ -90,7 +93,7 @@ class SectionResult:
     @property
     def best_baseline(self) -> str | None:
         """The baseline with the lowest MAE."""
-        baselines = [m for m in self.ranking() if m not in self.models]
+        baselines = [m for m in self.ranking() if m not in (*self.models, *self.references)]
         return baselines[0] if baselines else None
 
     def verdict(self, units: str) -> str:
@@ -209,6 +212,9 @@ class EvaluationReport:
             "-> log mass per pixel), no fine truth; supervised-forest: a random forest fitted on "
             "the training tiles' fine truth (pixel aux + cell context). Both share each cell's "
             "mass exactly, like every baseline.",
+            "- oracle (only with a real coarse product): the true within-cell shares times the "
+            "product; it reads the fine truth and shows the best any method conserving the "
+            "product's cells can do.",
         ]
         return "\n".join(lines) + "\n"
 
@@ -261,6 +267,8 @@ def _section_markdown(section: SectionResult, units: str) -> list[str]:
         label = name
         if name in section.models:
             label = f"**{name}**"
+        elif name in section.references:
+            label = f"_{name} (reads the fine truth)_"
         elif name == best:
             label = f"{name} (best baseline)"
         cells = [_cell(key, section.metrics[name].get(key, float("nan"))) for key in columns]

@@ -25,7 +25,7 @@ from carbongeo.evaluation.forest import FittedForest
 from carbongeo.evaluation.metrics import MetricPool
 from carbongeo.evaluation.report import MODEL, EvaluationReport, SectionResult
 from carbongeo.ops.blocks import block_sum, upsample_blocks
-from carbongeo.ops.mass import cell_totals, mass_on_masked, reproject_mass, unplaced_mass
+from carbongeo.ops.mass import allocate, cell_totals, mass_on_masked, reproject_mass, unplaced_mass
 from carbongeo.stages.forests import FOREST_DATA, fit_run_forests, forest_sample
 from carbongeo.stages.freshness import (
     check_checkpoint,
@@ -158,6 +158,7 @@ def evaluate(
                 forests,
                 predict_seconds,
                 progress,
+                others,
             )
         )
     report = EvaluationReport(
@@ -218,7 +219,10 @@ def _evaluate_section(
 
     data_range, log_range = store.truth_range(years, tile_ids)
     compared = [n for n, o in others.items() if all(o.store.has_prediction(y) for y in years)]
-    methods = [MODEL, *compared, *method_names(proxy_bands(store)), *forests]
+    # With a real product (not the truth's own sums) the oracle shows what mass conservation on
+    # its cells allows: the true within-cell shares times the product.
+    references = [ORACLE] if store.index.has_coarse else []
+    methods = [MODEL, *compared, *method_names(proxy_bands(store)), *forests, *references]
     pool = MetricPool(methods, data_range=data_range, log_data_range=log_range)
     coarse_total = 0.0
     unplaced = 0.0
@@ -239,6 +243,8 @@ def _evaluate_section(
                 preds = {MODEL: tile.prediction, **baselines}
                 for name in compared:
                     preds[name] = others[name].prediction(year, tile_id)
+                if references:
+                    preds[ORACLE] = allocate(tile.coarse, s, tile.domain, tile.truth, tile.allowed)
                 pool.add(tile.truth, tile.coarse, s, tile.inside, preds, water=tile.water)
                 coarse_total += float(np.nansum(tile.coarse))
                 unplaced += unplaced_mass(tile.coarse, s, tile.domain)
@@ -256,7 +262,12 @@ def _evaluate_section(
         unplaced_mass=unplaced,
         mass_on_masked=on_masked,
         models=(MODEL, *compared),
+        references=tuple(references),
     )
+
+
+#: The reference that reads the truth: the true within-cell shares times the coarse product.
+ORACLE = "oracle"
 
 
 # =========================================================================== the network

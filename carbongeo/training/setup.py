@@ -107,30 +107,14 @@ def build_loss(
     (:class:`~carbongeo.models.losses.CoarseLevelLoss`).
     """
     lcfg = config.loss
+    weights = {
+        term: getattr(lcfg, term)
+        for term in ("pixel", "ssim", "edge", "consistency", "tv", "high_weight")
+    }
+    values = {"value_scale": norm.value_scale, "high_threshold": norm.high_threshold}
     if config.supervision == "coarse":
-        return CoarseLevelLoss(
-            scale,
-            config.train.coarse_factors,
-            value_scale=norm.value_scale,
-            high_threshold=norm.high_threshold,
-            pixel=lcfg.pixel,
-            ssim=lcfg.ssim,
-            edge=lcfg.edge,
-            consistency=lcfg.consistency,
-            tv=lcfg.tv,
-            high_weight=lcfg.high_weight,
-        )
-    return HybridLoss(
-        scale,
-        value_scale=norm.value_scale,
-        pixel=lcfg.pixel,
-        ssim=lcfg.ssim,
-        edge=lcfg.edge,
-        consistency=lcfg.consistency,
-        tv=lcfg.tv,
-        high_weight=lcfg.high_weight,
-        high_threshold=norm.high_threshold,
-    )
+        return CoarseLevelLoss(scale, config.train.coarse_factors, **values, **weights)
+    return HybridLoss(scale, **values, **weights)
 
 
 def select_amp(device: torch.device | str, enabled: bool = True) -> tuple[bool, torch.dtype, bool]:

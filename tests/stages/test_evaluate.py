@@ -173,6 +173,10 @@ def test_evaluate_reports_the_holdout_year_on_all_tiles(tmp_path: Path) -> None:
 def test_evaluate_uses_the_real_coarse_product(tmp_path: Path) -> None:
     config = make_run(tmp_path, with_coarse=True)
     section = evaluate(config, years=[2020], split="val", progress=False).sections[0]
+    # The oracle (true shares times the product) is shown but is never the best baseline.
+    assert section.references == ("oracle",) and section.best_baseline != "oracle"
+    assert section.metrics["oracle"]["mass_err_max"] < 1e-9
+    assert section.metrics["oracle"]["mae"] <= section.metrics["uniform"]["mae"]
     assert section.split == "val" and section.years == (2020,)
     # Baselines conserve the real coarse input; the prediction (made from the truth) does not.
     assert section.metrics["uniform"]["mass_err_max"] < 1e-9
