@@ -280,3 +280,16 @@ def test_the_coarse_level_table_scores_the_degraded_product_against_the_real_one
     md = report.markdown_path.read_text()
     assert "Coarse level (Wald protocol, no fine truth used)" in md
     assert "Fine level: every method is scored against the fine truth" in md
+
+
+def test_another_run_is_compared_as_a_model_on_this_runs_tiles(tmp_path: Path) -> None:
+    config = make_run(tmp_path / "a")
+    other = make_run(tmp_path / "b")
+    section = evaluate(config, progress=False, compare={"model, other run": other}).sections[0]
+    assert "model, other run" in section.metrics
+    assert section.models == ("model", "model, other run")
+    assert section.best_baseline not in section.models
+    # Both runs hold the same fake predictions (same seed): the same scores.
+    assert section.metrics["model, other run"]["mae"] == pytest.approx(
+        section.metrics["model"]["mae"]
+    )
