@@ -157,7 +157,7 @@ def _write_index(tiles_dir: Path, grid: Grid, years: Sequence[int], n_tiles: int
         grid=grid,
         years=list(years),
         bands=list(BANDS),
-        aux=[{"name": b, "kind": "intensive", "transform": "log1p", "units": ""} for b in BANDS],
+        aux=[{"name": b, "kind": "intensive", "transform": "none", "units": ""} for b in BANDS],
         target={"units": "t CO2 / cell / yr", "kind": "extensive"},
         has_coarse=False,
         tiles=[TileRecord(t.id, t.row, t.col, {}) for t in islice(grid.iter_tiles(), n_tiles)],
