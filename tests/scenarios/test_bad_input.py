@@ -370,8 +370,8 @@ def _drop_last_aux(site: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "fragments"),
     [
-        (_scale_4, ("scale 8", "scale 4", "use a checkpoint trained on this config")),
-        (_drop_last_aux, ("trained with 9 bands", "this config has 8 bands")),
+        (_scale_4, ("grid.scale: 4 in this config", "trained with 8")),
+        (_drop_last_aux, ("trained with 9 bands", "this config has 8")),
     ],
     ids=["scale", "bands"],
 )
