@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from carbongeo.config import PipelineConfig, load_config
-from carbongeo.errors import CarbongeoError
+from carbongeo.errors import ConfigError, RunFileError
 from carbongeo.io.atomic import write_text_atomic
 from carbongeo.store.split import load_split
 
@@ -95,7 +95,7 @@ def run_demo(
     stage("tile, split, train, mosaic (coarse supervision)", lambda: chain(weak))
     same_tiles = load_split(config.tiles_dir).test == load_split(weak.tiles_dir).test
     if not same_tiles:  # the coarse model is then scored on tiles it may have trained on
-        raise CarbongeoError(
+        raise RunFileError(
             f"the splits of {config_path.name} and {coarse_path.name} differ; the two models "
             "cannot be compared on the same held-out tiles"
         )
@@ -127,7 +127,7 @@ def write_coarse_config(config_path: Path) -> Path:
     coarse supervision (the target is still declared, for evaluation only) in ``runs-coarse``."""
     text = config_path.read_text(encoding="utf-8")
     if 'workdir = "runs"' not in text or "\n[train]\n" not in text:
-        raise CarbongeoError(f"{config_path}: not a pipeline file written by carbongeo synth")
+        raise ConfigError(f"{config_path}: not a pipeline file written by carbongeo synth")
     text = text.replace('workdir = "runs"', 'workdir = "runs-coarse"', 1)
     text = text.replace("\n[train]\n", '\n[train]\nsupervision = "coarse"\n', 1)
     path = config_path.with_name("carbongeo-coarse.toml")

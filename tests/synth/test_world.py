@@ -129,7 +129,9 @@ def test_config_parses_and_references_existing_files(world: Path) -> None:
     assert kinds["water"] == ("categorical", "none")
     assert kinds["landcover"] == ("categorical", "none")
     for entry in config["aux"]:
-        assert set(entry) == {"name", "path", "kind", "transform", "units"}
+        keys = {"name", "path", "kind", "transform", "units"}
+        # The water mask declares its water class a hard zero.
+        assert set(entry) == (keys | {"zero_classes"} if entry["name"] == "water" else keys)
     patterns = [config["target"]["path"], config["coarse"]["path"]]
     patterns += [entry["path"] for entry in config["aux"]]
     assert set(patterns) == set(EXPECTED)
