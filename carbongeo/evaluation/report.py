@@ -187,7 +187,7 @@ class EvaluationReport:
             "Metrics pooled over every evaluated (truth-valid) pixel; see the definitions below."
         )
         if self.model:
-            lines += ["", f"The model learnt from {self.model}."]
+            lines += ["", f"What the models learnt from: {self.model}."]
         for section in self.sections:
             lines += ["", *_section_markdown(section, self.units)]
         if self.forests:

@@ -241,8 +241,8 @@ def _evaluate_section(
                 assert tile.truth is not None and tile.prediction is not None
                 baselines = tile_baselines(store, tile, forests=forests, seconds=predict_seconds)
                 preds = {MODEL: tile.prediction, **baselines}
-                for name in compared:
-                    preds[name] = others[name].prediction(year, tile_id)
+                for other in compared:
+                    preds[other] = others[other].prediction(year, tile_id)
                 if references:
                     preds[ORACLE] = allocate(tile.coarse, s, tile.domain, tile.truth, tile.allowed)
                 pool.add(tile.truth, tile.coarse, s, tile.inside, preds, water=tile.water)
@@ -273,8 +273,8 @@ ORACLE = "oracle"
 # =========================================================================== the network
 #: What the model learnt from, by supervision, for the report.
 MODEL_DATA: dict[str, str] = {
-    "fine": "fine supervision: the target (fine truth) of the training tiles",
-    "coarse": "coarse supervision: the coarse product of the training tiles only, no fine truth",
+    "fine": "fine supervision (the target, i.e. the fine truth, of the training tiles)",
+    "coarse": "coarse supervision (the coarse product of the training tiles only, no fine truth)",
 }
 
 
