@@ -1,9 +1,11 @@
 """The forests fitted from a run's tiles: which tiles and years they learn from, read one by one.
 
 The forests themselves (:mod:`carbongeo.evaluation.forest`) are pure computation on arrays; this
-module feeds them from the store. Both learn only from the training split's tiles (every tile
-when there is no split yet): the learned-dasymetric forest from the coarse product of every tiled
-year, the supervised forest from the fine truth of the years that have one.
+module feeds them from the store. Both learn from the training split's tiles (every tile when
+there is no split yet): the learned-dasymetric forest from the coarse product of every tiled
+year, the supervised forest from the fine truth of the years that have one. In a
+coarse-supervised run the learned-dasymetric forest, which reads only the coarse product, learns
+from every tile, as the model may.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ __all__ = [
     "FOREST_DATA",
     "fit_run_forests",
     "fit_store_forest",
+    "fit_tiles",
     "forest_id",
     "forest_predictor",
     "forest_sample",
@@ -53,6 +56,19 @@ def training_tiles(store: TileStore) -> tuple[list[int], list[int]]:
         return store.tile_ids, years
     split = load_split(store.tiles_dir)
     return list(split.train), [y for y in years if y != split.holdout_year]
+
+
+def fit_tiles(store: TileStore, method: str) -> tuple[list[int], list[int]]:
+    """The tiles and years a forest learns from by default.
+
+    Those of :func:`training_tiles`, except for the learned-dasymetric forest of a
+    coarse-supervised run: it reads only the coarse product, which exists everywhere, so it
+    learns from every tile (and every year but the held-out one), as the model may.
+    """
+    tile_ids, years = training_tiles(store)
+    if method == LEARNED_DASYMETRIC and store.config.supervision == "coarse":
+        return store.tile_ids, years
+    return tile_ids, years
 
 
 def forest_sample(store: TileStore, tile: TileData) -> ForestSample:
@@ -93,16 +109,16 @@ def fit_store_forest(
     Args:
         store: The run's tiles.
         method: ``learned-dasymetric`` or ``supervised-forest``.
-        years: Years to learn from; default those of :func:`training_tiles` (with a target,
-            for the supervised forest).
-        tile_ids: Tiles to learn from; default those of :func:`training_tiles`.
+        years: Years to learn from; default those of :func:`fit_tiles` (with a target, for the
+            supervised forest).
+        tile_ids: Tiles to learn from; default those of :func:`fit_tiles`.
         pixels: ``supervised-forest``: training pixels in all, drawn evenly from every training
             tile of every year.
 
     Returns:
         The forest, or None when the tiles hold nothing it can learn from (then it is logged).
     """
-    train_ids, train_years = training_tiles(store)
+    train_ids, train_years = fit_tiles(store, method)
     tile_ids = list(train_ids if tile_ids is None else tile_ids)
     years = list(train_years if years is None else years)
     if method == SUPERVISED_FOREST:
@@ -145,7 +161,8 @@ def fit_run_forests(store: TileStore) -> dict[str, FittedForest]:
 
 #: What each forest learned from, for the report.
 FOREST_DATA: dict[str, str] = {
-    LEARNED_DASYMETRIC: "the coarse product of the training tiles only (no fine truth)",
+    LEARNED_DASYMETRIC: "the coarse product only (no fine truth): of the training tiles, or of "
+    "every tile in a coarse-supervised run",
     SUPERVISED_FOREST: "the fine truth of the training tiles (sampled pixels)",
 }
 
@@ -156,7 +173,7 @@ def forest_id(store: TileStore, method: str) -> str:
     The fit is deterministic, so two mosaics with the same id predict the same: a finished year
     is kept without fitting again.
     """
-    tile_ids, years = training_tiles(store)
+    tile_ids, years = fit_tiles(store, method)
     settings = (
         method,
         store.index.config_hash,

@@ -15,7 +15,7 @@ from carbongeo.evaluation.report import EvaluationReport
 from carbongeo.grid import Grid
 from carbongeo.ops.blocks import block_sum
 from carbongeo.stages.evaluate import evaluate
-from carbongeo.store.tiles import TileIndex, TileRecord, write_index
+from carbongeo.store.tiles import TileIndex, TileRecord, TileStore, write_index
 
 TS, S = 16, 4
 YEARS = (2020, 2021)
@@ -293,3 +293,18 @@ def test_another_run_is_compared_as_a_model_on_this_runs_tiles(tmp_path: Path) -
     assert section.metrics["model, other run"]["mae"] == pytest.approx(
         section.metrics["model"]["mae"]
     )
+
+
+def test_the_learned_dasymetric_forest_learns_from_every_tile_under_coarse_supervision(
+    tmp_path: Path,
+) -> None:
+    from carbongeo.stages.forests import fit_tiles
+
+    fine = make_run(tmp_path / "fine", with_coarse=True)
+    store = TileStore(fine)
+    assert fit_tiles(store, "learned-dasymetric")[0] == SPLIT["train"]
+    raw = dict(fine.raw, train={"supervision": "coarse"})
+    weak = parse_config(raw, tmp_path / "fine")
+    weak_store = TileStore(weak)
+    assert fit_tiles(weak_store, "learned-dasymetric")[0] == weak_store.tile_ids
+    assert fit_tiles(weak_store, "supervised-forest")[0] == SPLIT["train"]
