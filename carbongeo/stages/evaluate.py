@@ -12,7 +12,6 @@ The baselines include the two forests, fitted once on the training tiles
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Mapping, Sequence
 
@@ -387,14 +386,7 @@ def _wald_section(
     names = [*models, *method_names(proxy_bands(store))]
     names += list(forests)
     tiles = [(year, tile_id) for year in years for tile_id in tile_ids]
-    lo, hi = math.inf, -math.inf
-    for year, tile_id in tiles:
-        product = store.load(year, tile_id, with_prediction=False).coarse
-        finite = product[np.isfinite(product)]
-        if finite.size:
-            lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
-    data_range = max(hi - lo, 0.0) if hi >= lo else 0.0
-    log_range = float(np.log1p(max(hi, 0.0)) - np.log1p(max(lo, 0.0))) if hi >= lo else 0.0
+    data_range, log_range = store.coarse_range(years, tile_ids)
     pool = MetricPool(names, data_range=data_range, log_data_range=log_range)
     coarse_total = 0.0
     bar = tqdm(tiles, desc=f"evaluate coarse level k={factor}", unit="tile", disable=not progress)

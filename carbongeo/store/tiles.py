@@ -719,17 +719,25 @@ class TileStore:
         Raises:
             InputDataError: One of ``years`` has no target.
         """
-        lo, hi = math.inf, -math.inf
-        for year in years:
-            cube = self._truth_cube(year)
-            for tile_id in tile_ids:
-                values = np.asarray(cube[self.index.position(tile_id), 0], dtype=np.float64)
-                finite = values[np.isfinite(values)]
-                if finite.size:
-                    lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
-        if hi < lo:
-            return 0.0, 0.0
-        return hi - lo, float(np.log1p(max(hi, 0.0)) - np.log1p(max(lo, 0.0)))
+        return _ranges(
+            self._truth_cube(year)[self.index.position(tile_id), 0]
+            for year in years
+            for tile_id in tile_ids
+        )
+
+    def coarse_range(self, years: Sequence[int], tile_ids: Sequence[int]) -> tuple[float, float]:
+        """Linear and log1p range of the coarse input (:attr:`TileData.coarse`) over the tiles.
+
+        Raises:
+            InputDataError: A year has neither a coarse product nor a target.
+        """
+        return _ranges(
+            self.load(year, tile_id, with_prediction=False).coarse
+            if self._year(year).coarse is None
+            else self._year(year).coarse[self.index.position(tile_id), 0]
+            for year in years
+            for tile_id in tile_ids
+        )
 
     def load(self, year: int, tile_id: int, *, with_prediction: bool = True) -> TileData:
         """The truth, coarse input, aux and prediction of one tile in one year.
@@ -787,3 +795,16 @@ class TileStore:
             prediction=prediction,
             allowed=allowed_pixels(aux, self.bands, self.config.zero_classes()),
         )
+
+
+def _ranges(arrays: Iterable[np.ndarray]) -> tuple[float, float]:
+    """Linear and log1p range (max - min) of the finite values of ``arrays`` (0.0 when none)."""
+    lo, hi = math.inf, -math.inf
+    for array in arrays:
+        values = np.asarray(array, dtype=np.float64)
+        finite = values[np.isfinite(values)]
+        if finite.size:
+            lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
+    if hi < lo:
+        return 0.0, 0.0
+    return hi - lo, float(np.log1p(max(hi, 0.0)) - np.log1p(max(lo, 0.0)))
