@@ -28,6 +28,8 @@ TRANSFORMS: tuple[str, ...] = ("none", "log1p")
 FFT_FILTERS: tuple[str, ...] = ("ideal", "butterworth", "gaussian")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 SUPERVISIONS: tuple[str, ...] = ("auto", "fine", "coarse")
+PRIORS: tuple[str, ...] = ("auto", "fitted", "zero")
+"""``train.prior``: how the network's per-pixel log-linear path starts (see ``prior_fitted``)."""
 Supervision = Literal["fine", "coarse"]
 """A resolved ``train.supervision``: learn from the fine target, or from the coarse product."""
 DEFAULT_CONFIG_NAME = "carbongeo.toml"
@@ -130,6 +132,7 @@ class TrainConfig:
     channels_last: bool = False
     supervision: str = "auto"
     coarse_factors: tuple[int, ...] = (2, 4)
+    prior: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -295,6 +298,15 @@ class PipelineConfig:
     def supervision(self) -> Supervision:
         """The resolved supervision (:meth:`supervision_choice` without the reason)."""
         return self.supervision_choice()[0]
+
+    @property
+    def prior_fitted(self) -> bool:
+        """Whether training starts by fitting the network's log-linear prior
+        (:mod:`carbongeo.training.prior`): ``train.prior`` ``fitted``, or ``auto`` under coarse
+        supervision, where it was measured to help; ``zero`` starts the path at 0."""
+        if self.train.prior == "auto":
+            return self.supervision == "coarse"
+        return self.train.prior == "fitted"
 
     def data_hash(self) -> str:
         """A short hash of what determines the data and model (not paths or training knobs).
@@ -733,6 +745,8 @@ def parse_config(
         raise ConfigError(
             f"train.supervision: {train.supervision!r} is not one of {', '.join(SUPERVISIONS)}"
         )
+    if train.prior not in PRIORS:
+        raise ConfigError(f"train.prior: {train.prior!r} is not one of {', '.join(PRIORS)}")
     train = dataclasses.replace(train, coarse_factors=_coarse_factors(train.coarse_factors, grid))
 
     loss = _build(LossConfig, raw.get("loss", {}), "loss.")

@@ -231,18 +231,8 @@ class DSTCarbonFormer(nn.Module):
         """
         self._check_inputs(aux, coarse, factor)
         s = self.scale
-        centre = self.temporal // 2
+        aux, log_density, base, reference, known = self._prepare(aux, coarse, factor)
         with torch.autocast(device_type=coarse.device.type, enabled=False):
-            aux = torch.nan_to_num(aux.float(), nan=0.0, posinf=0.0, neginf=0.0)
-            coarse = torch.nan_to_num(coarse.float(), nan=0.0, posinf=0.0, neginf=0.0)
-            coarse = coarse.clamp_min(0.0)
-            known = coarse[:, :, centre]  # the totals the prediction must keep
-            if factor > 1:
-                coarse = upsample_blocks(coarse, factor) / (factor * factor)
-            log_density = torch.log1p(coarse / (s * s * self.value_scale))
-            centre_coarse = coarse[:, :, centre]
-            base = upsample_blocks(centre_coarse / (s * s), s)
-            reference = bicubic_mass_upsample(centre_coarse, s)
             fine_input = torch.log1p(torch.cat([base, reference], dim=1) / self.value_scale)
 
         main = upsample_blocks(self.temporal_encoder(log_density), s) + self.fine_stem(fine_input)
@@ -258,8 +248,63 @@ class DSTCarbonFormer(nn.Module):
             self.up1(half), size=full.shape[-2:], mode="bilinear", align_corners=False
         )
         full = self.stage3(self.sft2(full, self.aux_refine(aux_features)))
-        log_ratio = self.head(self.context(full)) + self.aux_prior(aux[:, :, centre])
+        log_ratio = self.head(self.context(full)) + self.aux_prior(aux[:, :, self.temporal // 2])
         return self._constrain(log_ratio, base, reference, known, s * factor, allowed)
+
+    def prior_forward(
+        self,
+        aux: Tensor,
+        coarse: Tensor,
+        factor: int = 1,
+        allowed: Tensor | None = None,
+        weight: Tensor | None = None,
+    ) -> Tensor:
+        """The allocation of the per-pixel linear aux path alone, without the deep layers.
+
+        The same inputs, output and constraints as :meth:`forward`, with the log-ratio reduced to
+        ``aux_prior(aux)`` of the centre year: under the mass constraint each cell's mass is
+        shared in proportion to ``exp(w . aux)``, a log-linear dasymetric map. It is what
+        :func:`carbongeo.training.prior.fit_prior` fits before the first epoch.
+
+        Args:
+            aux: As in :meth:`forward`.
+            coarse: As in :meth:`forward`.
+            factor: As in :meth:`forward`.
+            allowed: As in :meth:`forward`.
+            weight: ``w`` shaped like ``aux_prior.weight`` ``[1, C_aux, 1, 1]``; default the
+                model's own.
+        """
+        self._check_inputs(aux, coarse, factor)
+        aux, _, base, reference, known = self._prepare(aux, coarse, factor)
+        w = self.aux_prior.weight if weight is None else weight
+        log_ratio = F.conv2d(aux[:, :, self.temporal // 2], w)
+        return self._constrain(log_ratio, base, reference, known, self.scale * factor, allowed)
+
+    def _prepare(
+        self, aux: Tensor, coarse: Tensor, factor: int
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Clean inputs and the coarse fields every path needs, in float32 without autocast.
+
+        Returns:
+            ``(aux, log_density, base, reference, known)``: the finite aux; the normalised log
+            density of every year on cells of ``s`` pixels; the uniform and the bicubic
+            mass-preserving upsamplings of the centre year; the centre year's known totals on the
+            cells of ``coarse``.
+        """
+        s = self.scale
+        centre = self.temporal // 2
+        with torch.autocast(device_type=coarse.device.type, enabled=False):
+            aux = torch.nan_to_num(aux.float(), nan=0.0, posinf=0.0, neginf=0.0)
+            coarse = torch.nan_to_num(coarse.float(), nan=0.0, posinf=0.0, neginf=0.0)
+            coarse = coarse.clamp_min(0.0)
+            known = coarse[:, :, centre]  # the totals the prediction must keep
+            if factor > 1:
+                coarse = upsample_blocks(coarse, factor) / (factor * factor)
+            log_density = torch.log1p(coarse / (s * s * self.value_scale))
+            centre_coarse = coarse[:, :, centre]
+            base = upsample_blocks(centre_coarse / (s * s), s)
+            reference = bicubic_mass_upsample(centre_coarse, s)
+        return aux, log_density, base, reference, known
 
     def _constrain(
         self,

@@ -51,10 +51,12 @@ from carbongeo.store.split import load_split
 from carbongeo.store.tiles import load_index
 from carbongeo.training.distributed import DistContext, init_distributed, process_device, shutdown
 from carbongeo.training.loop import Trainer, TrainFiles
+from carbongeo.training.prior import fit_prior
 from carbongeo.training.setup import (
     build_datasets,
     build_parts,
     check_tiles,
+    factors_of,
     load_resumable,
     restore,
     seed_everything,
@@ -167,8 +169,18 @@ def _train(
         total_epochs=total_epochs,
         max_steps_per_epoch=max_steps_per_epoch,
     )
+    prior = None
     if resumed is not None:
         restore(parts, resumed, f"delete {files.latest} or train without resuming")
+    elif config.prior_fitted:
+        prior = fit_prior(
+            parts.model,
+            parts.loss_fn,
+            parts.train_loader.dataset,
+            factors=factors_of(config),
+            seed=config.train.seed,
+            device=device,
+        )
     wrap(parts, config.train, ctx, device)
     trainer = Trainer(
         config,
@@ -183,5 +195,7 @@ def _train(
         progress=progress,
         resumed=resumed.training if resumed is not None else None,
     )
+    if prior is not None:
+        trainer.report(prior.describe(index.bands))
     epochs_run = trainer.run()
     return TrainResult(files.best, files.latest, epochs_run, trainer.best_metric, files.log)

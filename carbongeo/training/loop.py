@@ -237,7 +237,7 @@ class Trainer:
             remove_stale_temps(self.files.folder)  # left by a run killed while saving
         start_epoch = self.epoch
         if self.stopped or self.epoch >= self.total_epochs:
-            self._report(
+            self.report(
                 f"training already complete at epoch {self.epoch} (best {self._metric} "
                 f"{self.best_metric:.6g}); nothing to do"
             )
@@ -436,7 +436,7 @@ class Trainer:
         )
         if self.stopped:
             message += f"; early stop after {self.bad_epochs} epochs without improvement"
-        self._report(message)
+        self.report(message)
         barrier(self.ctx)
 
     def _log_row(
@@ -483,7 +483,7 @@ class Trainer:
             self.stopped = True
         return improved
 
-    def _report(self, message: str) -> None:
+    def report(self, message: str) -> None:
         """A summary line: on stderr next to the progress bars, else to the log (main process)."""
         if not self.ctx.is_main:
             return
