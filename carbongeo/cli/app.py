@@ -22,6 +22,7 @@ from carbongeo.cli.options import (
     POSITIVE,
     SCENE_SIZES,
     WORLD_SIZE,
+    checkpoint_option,
     config_option,
     configure_logging,
     dask_options,
@@ -305,11 +306,9 @@ def train_command(
 @main.command("mosaic")
 @config_option
 @year_or_years_options("predict")
-@click.option(
-    "--checkpoint",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Model checkpoint (default: <workdir>/checkpoints/best.pt).",
+@checkpoint_option(
+    "Model checkpoint (default: <workdir>/checkpoints/best.pt); one trained on another region "
+    "works when the aux bands and the scale match."
 )
 @click.option(
     "--method",
@@ -466,6 +465,10 @@ def catalog_command(config_path: Path) -> None:
     help="Tiles to evaluate (default: evaluate.split of the config, normally test). all: every "
     "tile of the scene, fair only for a model and baselines that never saw the fine truth.",
 )
+@checkpoint_option(
+    "The checkpoint the predictions were made with, when it is not the workdir's (mosaic "
+    "--checkpoint): its model is scored in the coarse-level tables and named in the report."
+)
 @json_option("Print the full report as JSON.")
 @click.pass_context
 def evaluate_command(
@@ -473,6 +476,7 @@ def evaluate_command(
     config_path: Path,
     years: tuple[int, ...] | None,
     split: str | None,
+    checkpoint: Path | None,
     as_json: bool,
 ) -> None:
     """Compare the model's predictions with uniform, bicubic and dasymetric baselines.
@@ -485,7 +489,13 @@ def evaluate_command(
 
     config = _load(config_path)
     chosen = list(select_years(config, years)) if years else None
-    report = evaluate(config, years=chosen, split=split, progress=_progress(ctx) and not as_json)
+    report = evaluate(
+        config,
+        years=chosen,
+        split=split,
+        checkpoint=checkpoint,
+        progress=_progress(ctx) and not as_json,
+    )
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
         return

@@ -173,6 +173,16 @@ def units_option(what: str) -> Callable[[F], F]:
     )
 
 
+def checkpoint_option(help: str) -> Callable[[F], F]:  # noqa: A002
+    """``--checkpoint``: a model checkpoint, e.g. one trained on another region."""
+    return click.option(
+        "--checkpoint",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help=help,
+    )
+
+
 def json_option(help: str) -> Callable[[F], F]:  # noqa: A002
     """``--json``: machine-readable output on stdout."""
     return click.option("--json", "as_json", is_flag=True, help=help)

@@ -14,11 +14,12 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
 from carbongeo.config import PipelineConfig
-from carbongeo.errors import ConfigError, ParameterError
+from carbongeo.errors import CheckpointError, ConfigError, ParameterError
 from carbongeo.evaluation.baselines import method_names, run_baselines
 from carbongeo.evaluation.forest import FittedForest
 from carbongeo.evaluation.metrics import MetricPool
@@ -34,7 +35,7 @@ from carbongeo.stages.freshness import (
 )
 from carbongeo.store.checkpoint import Checkpoint
 from carbongeo.store.layout import missing_input
-from carbongeo.store.predictions import require_prediction
+from carbongeo.store.predictions import file_sha256, prediction_tags, require_prediction
 from carbongeo.store.reports import write_evaluation
 from carbongeo.store.split import load_split
 from carbongeo.store.tiles import TileData, TileStore
@@ -86,6 +87,7 @@ def evaluate(
     split: str | None = None,
     progress: bool = True,
     compare: Mapping[str, PipelineConfig] | None = None,
+    checkpoint: Path | None = None,
 ) -> EvaluationReport:
     """Evaluate the model's predictions and the baselines; write the reports.
 
@@ -98,6 +100,11 @@ def evaluate(
         compare: Other trained runs on the same grid and tiles (e.g. the same world trained with
             coarse supervision), by the name their model gets in the tables: their predictions
             and checkpoints are scored on this run's tiles next to this run's model.
+        checkpoint: The checkpoint the predictions were made with when it is not the workdir's
+            (``mosaic --checkpoint``, e.g. a model trained on another region): its network is
+            scored in the coarse-level tables and its supervision named in the report. Its aux
+            bands and scale must match the tiles, and it must be the model that made the
+            predictions.
 
     Returns:
         The report; ``reports/evaluation.md`` and ``reports/evaluation.json`` are written.
@@ -106,6 +113,8 @@ def evaluate(
         ParameterError: ``split`` is not train, val, test or all.
         MissingRunFileError: Missing tiles, split or predictions (naming the command to run).
         ConfigError: The split has no tiles in the evaluated subset.
+        CheckpointError: ``checkpoint`` is missing, does not fit the tiles, or did not make the
+            predictions.
     """
     subset = split if split is not None else config.evaluate.split
     if subset not in ("train", "val", "test", "all"):
@@ -127,8 +136,12 @@ def evaluate(
             f"{config.layout.tiles.split} has no {subset} tiles; change split.ratios and "
             f"rerun: carbongeo split --config {config.path}"
         )
+    network = (
+        _load_network(config)
+        if checkpoint is None
+        else _given_network(config, store, years, checkpoint)
+    )
     forests = fit_run_forests(store)
-    network = _load_network(config)
     others = {name: _Other(other, store) for name, other in (compare or {}).items()}
     predict_seconds: dict[str, float] = {}
     sections: list[SectionResult] = []
@@ -348,9 +361,34 @@ def _load_network(config: PipelineConfig) -> _Network | None:
     path = config.layout.best_checkpoint
     if not path.is_file():
         return None
-    checkpoint = load_checkpoint(path)
-    check_checkpoint(config, checkpoint, path)
-    return _Network(checkpoint)
+    state = load_checkpoint(path)
+    check_checkpoint(config, state, path)
+    return _Network(state)
+
+
+def _given_network(
+    config: PipelineConfig, store: TileStore, years: Sequence[int], checkpoint: Path
+) -> _Network:
+    """``checkpoint`` (from another run or region) as the network whose maps are evaluated:
+    it must fit the tiles and be the model that made the predictions of ``years``."""
+    from carbongeo.store.checkpoint import load_checkpoint
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise missing_input(path, "carbongeo train", CheckpointError)
+    state = load_checkpoint(path)
+    index = store.index
+    state.check_compatible(list(index.bands), index.scale, index.tile_size, aux=index.aux)
+    model_id = file_sha256(path)[:16]
+    for year in years:
+        made_by = prediction_tags(config.layout, year).get("model_id")
+        if made_by is not None and made_by != model_id:
+            raise CheckpointError(
+                f"{config.layout.prediction_tif(year)} was made by another model (model_id "
+                f"{made_by}) than {path} ({model_id}); pass the checkpoint mosaic used, or "
+                f"rerun: carbongeo mosaic --checkpoint {path} --overwrite"
+            )
+    return _Network(state)
 
 
 # =========================================================================== coarse level (Wald)

@@ -32,6 +32,7 @@ __all__ = [
     "open_prediction_pair",
     "pair_is_complete",
     "prediction_done",
+    "prediction_tags",
     "require_prediction",
 ]
 
@@ -69,14 +70,28 @@ def pair_is_complete(
     """
     if not (tif_path.is_file() and npy_path.is_file()):
         return False
-    try:
-        with rasterio.open(tif_path) as src:
-            tags = src.tags()
-    except (RasterioError, OSError):
+    tags = _tags(tif_path)
+    if tags is None:
         return False
     if any(tags.get(key) != value for key, value in (expected_tags or {}).items()):
         return False
     return tags.get(PAIR_TAG) is not None and tags[PAIR_TAG] == file_sha256(npy_path)
+
+
+def prediction_tags(layout: RunLayout, year: int) -> dict[str, str]:
+    """The GeoTIFF tags of ``Pred_<year>.tif`` (``model_id``, ``method``, ...); empty when the
+    file is missing or unreadable."""
+    return _tags(layout.prediction_tif(year)) or {}
+
+
+def _tags(tif_path: Path) -> dict[str, str] | None:
+    if not tif_path.is_file():
+        return None
+    try:
+        with rasterio.open(tif_path) as src:
+            return dict(src.tags())
+    except (RasterioError, OSError):
+        return None
 
 
 def require_prediction(layout: RunLayout, year: int, suffix: str = "npy") -> Path:

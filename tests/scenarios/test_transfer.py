@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -10,10 +11,12 @@ import rasterio
 
 from carbongeo.config import load_config
 from carbongeo.errors import CheckpointError
+from carbongeo.stages.evaluate import evaluate
 from carbongeo.stages.mosaic import mosaic_years
 from carbongeo.stages.split import split_tiles
 from carbongeo.stages.tile import tile_years
 from carbongeo.stages.train import train
+from carbongeo.store.checkpoint import load_checkpoint, save_checkpoint
 from carbongeo.synth import generate_world
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -44,6 +47,24 @@ def test_a_checkpoint_predicts_another_world_with_its_own_normalisation(
         assert src.tags()["checkpoint"] == "best.pt" and src.tags()["method"] == "model"
     pred = np.load(result.npy_path)
     assert np.isfinite(pred).any() and np.nanmin(pred) >= 0
+
+    # Evaluated on B with the checkpoint that made the maps: the model is in the Wald tables too.
+    split_tiles(config_b)
+    report = evaluate(config_b, years=config_b.years[-1:], checkpoint=trained_a, progress=False)
+    assert report.model.startswith("model: fine supervision")
+    wald = [s for s in report.sections if s.level == "coarse"]
+    assert wald and all("model" in s.metrics for s in wald)
+    without = evaluate(config_b, years=config_b.years[-1:], progress=False)
+    assert all("model" not in s.metrics for s in without.sections if s.level == "coarse")
+
+    # Another checkpoint did not make these maps: one line naming both models.
+    state = load_checkpoint(trained_a)
+    weights = {k: v + 1.0 if v.is_floating_point() else v for k, v in state.weights.items()}
+    other = tmp_path / "other.pt"
+    save_checkpoint(other, dataclasses.replace(state, weights=weights))
+    with pytest.raises(CheckpointError, match="was made by another model") as info:
+        evaluate(config_b, years=config_b.years[-1:], checkpoint=other, progress=False)
+    assert "\n" not in str(info.value)
 
 
 def test_a_band_that_differs_is_one_line_naming_it(trained_a: Path, tmp_path: Path) -> None:
