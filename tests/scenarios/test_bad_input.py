@@ -445,6 +445,26 @@ def test_not_a_checkpoint(
     assert_nothing_written(site, cubes=False, index=False)
 
 
+def test_evaluate_with_a_checkpoint_that_is_missing_or_not_a_checkpoint(
+    trained: Path, tmp_path: Path
+) -> None:
+    site = copy_world(trained, tmp_path / "site", "tiles", "predictions", source=trained)
+    missing = tmp_path / "nowhere.pt"
+    assert_error(
+        invoke("evaluate", "-c", config_of(site), "--checkpoint", str(missing)),
+        str(missing),
+        "carbongeo train",
+    )
+    fake = tmp_path / "fake.pt"
+    _text(fake)
+    assert_error(
+        invoke("evaluate", "-c", config_of(site), "--checkpoint", str(fake)),
+        str(fake),
+        "not a carbongeo checkpoint or corrupt",
+    )
+    assert not (site / "runs" / "reports").exists()
+
+
 # --------------------------------------------------------------------------- unwritable outputs
 def _chmod_blocks_writes(folder: Path) -> bool:
     """Whether a read-only folder really refuses writes here (it does not for root)."""
