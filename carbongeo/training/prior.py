@@ -157,8 +157,12 @@ def fit_prior(
 
 
 def _stack(items: list[dict[str, Any]], device: torch.device) -> dict[str, Tensor]:
+    """The samples as one batch; of the aux bands only the centre year, which the prior reads."""
     keys = [k for k in ("aux", "coarse", "target", "mask", "allowed") if k in items[0]]
-    return {k: torch.stack([item[k] for item in items]).to(device) for k in keys}
+    batch = {k: torch.stack([item[k] for item in items]) for k in keys}
+    centre = batch["aux"].shape[2] // 2
+    batch["aux"] = batch["aux"][:, :, centre : centre + 1].contiguous()
+    return {k: v.to(device) for k, v in batch.items()}
 
 
 def _batch_loss(
@@ -170,6 +174,7 @@ def _batch_loss(
 ) -> Tensor:
     """The run's loss of the prior with ``aux_prior`` weights ``weight`` on one batch."""
     aux, coarse, allowed = batch["aux"], batch["coarse"], batch.get("allowed")
+    aux = aux.expand(-1, -1, model.temporal, -1, -1)  # a view: only the centre year is read
     target, mask = batch["target"], batch["mask"]
     if isinstance(loss_fn, CoarseLevelLoss):
         total = torch.zeros((), device=aux.device)
