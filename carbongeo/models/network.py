@@ -164,9 +164,10 @@ class DSTCarbonFormer(nn.Module):
 
         # A per-pixel linear path from the centre year's aux bands to the log-ratio. Under the
         # mass constraint exp(w . aux) shares each cell's mass like a dasymetric map (e.g. in
-        # proportion to (1 + population)^k for a log1p band), so the network starts from the
-        # allocation users already know and the deep features learn what it misses. No bias:
-        # a constant log-ratio changes nothing once mass is conserved. Zero at start.
+        # proportion to (1 + population)^k for a log1p band). Zero at start (uniform shares);
+        # training may fit it first (carbongeo.training.prior), so that the network starts
+        # from that map and the deep features learn what it misses. No bias: a constant
+        # log-ratio changes nothing once mass is conserved.
         self.aux_prior = nn.Conv2d(aux_channels, 1, kernel_size=1, bias=False)
         nn.init.zeros_(self.aux_prior.weight)
 

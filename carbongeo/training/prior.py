@@ -23,7 +23,6 @@ training draws from afterwards.
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -38,8 +37,6 @@ from carbongeo.models.network import DSTCarbonFormer
 from carbongeo.training.coarse import aggregate
 
 __all__ = ["PRIOR_LR", "PRIOR_SAMPLES", "PRIOR_STEPS", "PriorFit", "fit_prior"]
-
-logger = logging.getLogger(__name__)
 
 PRIOR_SAMPLES = 256
 """Most training samples the prior is fitted on (it has one weight per aux band)."""
@@ -102,7 +99,8 @@ def fit_prior(
         loss_fn: The run's loss (:class:`HybridLoss` under fine supervision,
             :class:`CoarseLevelLoss` under coarse supervision).
         dataset: The training dataset (:class:`~carbongeo.training.data.CubeDataset` or
-            :class:`~carbongeo.training.data.ProductDataset`), read without augmentation.
+            :class:`~carbongeo.training.data.ProductDataset`), read as at epoch 0 (a flip or
+            rotation of a sample changes nothing for a per-pixel model).
         factors: ``train.coarse_factors`` under coarse supervision (the loss sums every ``k``);
             empty under fine supervision.
         seed: Seeds which samples are used.
