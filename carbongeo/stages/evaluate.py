@@ -374,11 +374,8 @@ def _given_network(
     from carbongeo.store.checkpoint import load_checkpoint
 
     path = Path(checkpoint)
-    if not path.is_file():
-        raise missing_input(path, "carbongeo train", CheckpointError)
-    state = load_checkpoint(path)
-    index = store.index
-    state.check_compatible(list(index.bands), index.scale, index.tile_size, aux=index.aux)
+    state = load_checkpoint(path)  # a missing file is one line naming 'carbongeo train'
+    state.check_fits(store.index)
     model_id = file_sha256(path)[:16]
     for year in years:
         made_by = prediction_tags(config.layout, year).get("model_id")

@@ -701,7 +701,7 @@ def _run_year(
 
 def _load_model(checkpoint: Path, index: TileIndex) -> _Network:
     state = load_checkpoint(checkpoint, map_location="cpu")
-    state.check_compatible(list(index.bands), index.grid.scale, index.grid.tile_size, aux=index.aux)
+    state.check_fits(index)
     return model_from_checkpoint(state), state.normalization, state
 
 

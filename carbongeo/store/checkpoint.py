@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from carbongeo.config import PipelineConfig
     from carbongeo.models.network import DSTCarbonFormer
     from carbongeo.store.split import TileSplit
+    from carbongeo.store.tiles import TileIndex
 
 FORMAT = "carbongeo-checkpoint"
 VERSION = 1
@@ -346,6 +347,14 @@ class Checkpoint:
                 raise CheckpointError(
                     f"{key}: {want} in this config but the checkpoint was trained with {have}"
                 )
+
+    def check_fits(self, index: TileIndex) -> None:
+        """:meth:`check_compatible` with the bands, aux tables, scale and tile size of tiles.
+
+        Raises:
+            CheckpointError: One line naming the first band or key that differs.
+        """
+        self.check_compatible(list(index.bands), index.scale, index.tile_size, aux=index.aux)
 
     def load_weights(self, model: torch.nn.Module, fix: str) -> None:
         """Load the weights into ``model``; a mismatch is one CheckpointError line.
