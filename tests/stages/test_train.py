@@ -120,6 +120,19 @@ def test_training_lowers_validation_mae(tmp_path: Path) -> None:
     assert result.best_val_mae < 0.95 * before
 
 
+def test_a_fitted_prior_starts_training_and_zero_does_not(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="carbongeo")
+    train(make_world(tmp_path / "fitted", epochs=1, prior="fitted"), progress=False)
+    assert "prior: log-linear allocation fitted on" in caplog.text
+    caplog.clear()
+    zero = make_world(tmp_path / "zero", epochs=1)  # fine supervision: auto means zero
+    assert not zero.prior_fitted
+    train(zero, progress=False)
+    assert "prior:" not in caplog.text
+
+
 def test_resume_after_a_kill_matches_an_uninterrupted_run(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
