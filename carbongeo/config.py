@@ -28,8 +28,8 @@ TRANSFORMS: tuple[str, ...] = ("none", "log1p")
 FFT_FILTERS: tuple[str, ...] = ("ideal", "butterworth", "gaussian")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 SUPERVISIONS: tuple[str, ...] = ("auto", "fine", "coarse")
-PRIORS: tuple[str, ...] = ("auto", "fitted", "zero")
-"""``train.prior``: how the network's per-pixel log-linear path starts (see ``prior_fitted``)."""
+PRIORS: tuple[str, ...] = ("auto", "forest", "fitted", "zero")
+"""``train.prior``: what the network starts from (see ``prior_kind``)."""
 Supervision = Literal["fine", "coarse"]
 """A resolved ``train.supervision``: learn from the fine target, or from the coarse product."""
 DEFAULT_CONFIG_NAME = "carbongeo.toml"
@@ -300,13 +300,26 @@ class PipelineConfig:
         return self.supervision_choice()[0]
 
     @property
-    def prior_fitted(self) -> bool:
-        """Whether training starts by fitting the network's log-linear prior
-        (:mod:`carbongeo.training.prior`): ``train.prior`` ``fitted``, or ``auto`` under coarse
-        supervision, where it was measured to help; ``zero`` starts the path at 0."""
+    def prior_kind(self) -> str:
+        """What the network starts from (:mod:`carbongeo.training.prior`), ``train.prior``
+        resolved: ``forest`` (a random forest fitted on the training tiles' fine truth, held in
+        the model) or ``fitted`` (the per-pixel log-linear path fitted on the run's loss) or
+        ``zero`` (neither). ``auto`` is ``forest`` under fine supervision and ``fitted`` under
+        coarse supervision, where each was measured to help.
+
+        Raises:
+            ConfigError: ``forest`` is asked for under coarse supervision (there is no fine truth
+                to fit it on).
+        """
         if self.train.prior == "auto":
-            return self.supervision == "coarse"
-        return self.train.prior == "fitted"
+            return "forest" if self.supervision == "fine" else "fitted"
+        if self.train.prior == "forest" and self.supervision == "coarse":
+            raise ConfigError(
+                "train.prior: forest is fitted on the fine truth; under coarse supervision use "
+                "fitted or zero",
+                param="train.prior",
+            )
+        return self.train.prior
 
     def data_hash(self) -> str:
         """A short hash of what determines the data and model (not paths or training knobs).

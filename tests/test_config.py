@@ -224,12 +224,17 @@ def test_auto_is_fine_with_targets_and_hashes_stay_those_of_fine(tmp_path: Path)
     assert fine.data_hash() == explicit.data_hash() and fine.recorded_raw() == fine.raw
 
 
-def test_the_prior_is_fitted_by_default_only_under_coarse_supervision(tmp_path: Path) -> None:
-    assert load_config(write(tmp_path, NO_TARGET)).prior_fitted
-    assert not load_config(write(tmp_path, BASE + COARSE)).prior_fitted
+def test_the_prior_is_a_forest_under_fine_and_fitted_under_coarse_supervision(
+    tmp_path: Path,
+) -> None:
+    assert load_config(write(tmp_path, NO_TARGET)).prior_kind == "fitted"
+    assert load_config(write(tmp_path, BASE + COARSE)).prior_kind == "forest"
     fitted = load_config(write(tmp_path, BASE + '\n[train]\nprior = "fitted"\n'))
     zero = load_config(write(tmp_path, NO_TARGET + '\n[train]\nprior = "zero"\n'))
-    assert fitted.prior_fitted and not zero.prior_fitted
+    assert (fitted.prior_kind, zero.prior_kind) == ("fitted", "zero")
+    forest = load_config(write(tmp_path, NO_TARGET + '\n[train]\nprior = "forest"\n'))
+    with pytest.raises(ConfigError, match="train.prior: forest is fitted on the fine truth"):
+        forest.prior_kind  # noqa: B018
     assert fitted.data_hash() == load_config(write(tmp_path, BASE)).data_hash()
 
 
@@ -262,7 +267,7 @@ def test_coarse_hashes_ignore_the_target(tmp_path: Path) -> None:
         ),
         (BASE + '\n[train]\nsupervision = "coarse"\n', "train.supervision: 'coarse' learns"),
         (BASE + '\n[train]\nsupervision = "weak"\n', "train.supervision: 'weak' is not one of"),
-        (BASE + '\n[train]\nprior = "forest"\n', "train.prior: 'forest' is not one of"),
+        (BASE + '\n[train]\nprior = "linear"\n', "train.prior: 'linear' is not one of"),
         (NO_TARGET + "\n[train]\ncoarse_factors = [1, 2]\n", "train.coarse_factors: each"),
         (NO_TARGET + "\n[train]\ncoarse_factors = [3]\n", "train.coarse_factors: 3 x grid.scale"),
         (NO_TARGET + "\n[train]\ncoarse_factors = []\n", "train.coarse_factors: expected"),

@@ -41,9 +41,7 @@ import torch
 
 from carbongeo.config import PipelineConfig
 from carbongeo.device import resolve_device
-from carbongeo.errors import (
-    ParameterError,
-)
+from carbongeo.errors import ParameterError
 from carbongeo.stages.freshness import check_split
 from carbongeo.stages.freshness import check_tiles as check_fresh_tiles
 from carbongeo.store.checkpoint import TrainedSplit
@@ -51,13 +49,14 @@ from carbongeo.store.split import load_split
 from carbongeo.store.tiles import load_index
 from carbongeo.training.distributed import DistContext, init_distributed, process_device, shutdown
 from carbongeo.training.loop import Trainer, TrainFiles
-from carbongeo.training.prior import fit_prior
+from carbongeo.training.prior import cache_forest_values, fit_forest_prior, fit_prior
 from carbongeo.training.setup import (
     build_datasets,
     build_parts,
     check_tiles,
     factors_of,
     load_resumable,
+    model_kwargs,
     restore,
     seed_everything,
     train_normalization,
@@ -148,6 +147,7 @@ def _train(
     files = TrainFiles(
         layout.checkpoints_dir, layout.latest_checkpoint, layout.best_checkpoint, layout.train_log
     )
+    prior_kind = config.prior_kind
     index = load_index(config.tiles_dir)
     check_tiles(index, config)
     check_fresh_tiles(config, index)
@@ -159,20 +159,34 @@ def _train(
     # Seeded before the normalisation sample and the model's initialisation, in this order.
     seed_everything(config.train.seed)
     norm = train_normalization(config, split, years, resumed)
+    datasets = build_datasets(config, split, years, norm)
+    forest_fit = None
+    if resumed is not None:
+        forest_size = resumed.model_config.get("forest")
+    elif prior_kind == "forest":
+        kwargs = model_kwargs(config, len(index.bands), index.scale, norm)
+        forest_fit = fit_forest_prior(kwargs, datasets[0], seed=config.train.seed, device=device)
+        forest_size = forest_fit.forest.size
+    else:
+        forest_size = None
     parts = build_parts(
         config,
         index,
         norm,
-        build_datasets(config, split, years, norm),
+        datasets,
         ctx=ctx,
         device=device,
         total_epochs=total_epochs,
         max_steps_per_epoch=max_steps_per_epoch,
+        forest=forest_size,
     )
     prior = None
     if resumed is not None:
         restore(parts, resumed, f"delete {files.latest} or train without resuming")
-    elif config.prior_fitted:
+    elif forest_fit is not None:
+        assert parts.model.forest is not None
+        parts.model.forest.load_state_dict(forest_fit.forest.state_dict())
+    elif prior_kind == "fitted":
         prior = fit_prior(
             parts.model,
             parts.loss_fn,
@@ -181,6 +195,8 @@ def _train(
             seed=config.train.seed,
             device=device,
         )
+    if parts.model.forest is not None:  # the network trains alone; validation scores the blend
+        cache_forest_values(parts.model, datasets[1], device)
     wrap(parts, config.train, ctx, device)
     trainer = Trainer(
         config,
@@ -197,5 +213,7 @@ def _train(
     )
     if prior is not None:
         trainer.report(prior.describe(index.bands))
+    if forest_fit is not None:
+        trainer.report(forest_fit.describe())
     epochs_run = trainer.run()
     return TrainResult(files.best, files.latest, epochs_run, trainer.best_metric, files.log)

@@ -128,6 +128,7 @@ class CubeDataset(Dataset[dict[str, Any]]):
         ]
         self._cubes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._pid = os.getpid()
+        self._forest_values: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -158,14 +159,31 @@ class CubeDataset(Dataset[dict[str, Any]]):
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         index, epoch = (int(key[0]), int(key[1])) if isinstance(key, tuple) else (int(key), 0)
+        return self._item(index, epoch, self.augment)
+
+    def plain_item(self, index: int) -> dict[str, Any]:
+        """Sample ``index`` without augmentation (and without cached forest values)."""
+        return self._item(index, 0, augment=False, forest=False)
+
+    def set_forest_values(self, values: np.ndarray | None) -> None:
+        """Cache the forest prior's values ``[N, H, W]`` of every sample (un-augmented, in sample
+        order); items then carry them as ``forest``, transformed with the sample."""
+        if values is not None and values.shape[0] != len(self.samples):
+            raise ValueError(f"expected forest values of {len(self.samples)} samples")
+        self._forest_values = values
+
+    def _item(self, index: int, epoch: int, augment: bool, forest: bool = True) -> dict[str, Any]:
         tile_id, row, year = self.samples[index]
         window = self.windows[year]
         aux = np.stack([self._cube(w)[0][row] for w in window], axis=1)  # [C, T, H, W]
         target = np.stack([self._cube(w)[1][row, 0] for w in window], axis=0)[None]  # [1,T,H,W]
         aux = aux.astype(np.float32, copy=False)
         target = target.astype(np.float32, copy=False)
-        if self.augment:
-            aux, target = self._augment(aux, target, index, epoch)
+        extra = []
+        if forest and self._forest_values is not None:
+            extra.append(self._forest_values[index][None])
+        if augment:
+            aux, target, *extra = self._augment([aux, target, *extra], index, epoch)
         centre = self.temporal // 2
         coarse = block_sum(target, self.scale, nodata_as_zero=True).astype(np.float32)
         fine = target[:, centre]
@@ -179,6 +197,8 @@ class CubeDataset(Dataset[dict[str, Any]]):
             "tile_id": tile_id,
             "year": year,
         }
+        if extra:
+            item["forest"] = torch.from_numpy(np.ascontiguousarray(extra[0], dtype=np.float32))
         return item | self._allowed(aux[:, centre])
 
     def _allowed(self, aux: np.ndarray) -> dict[str, Tensor]:
@@ -188,23 +208,21 @@ class CubeDataset(Dataset[dict[str, Any]]):
             return {}
         return {"allowed": torch.from_numpy(np.ascontiguousarray(allowed[None]))}
 
-    def _augment(
-        self, aux: np.ndarray, target: np.ndarray, index: int, epoch: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Apply one random flip / rot90 of the dihedral group to both fine streams."""
+    def _augment(self, arrays: list[np.ndarray], index: int, epoch: int) -> list[np.ndarray]:
+        """Apply one random flip / rot90 of the dihedral group to every fine array (the same)."""
         rng = np.random.default_rng([self.seed, epoch, index])
-        square = aux.shape[-1] == aux.shape[-2]
+        square = arrays[0].shape[-1] == arrays[0].shape[-2]
         turns = int(rng.integers(4)) if square else 2 * int(rng.integers(2))
         flip = bool(rng.integers(2))
         out = []
-        for array in (aux, target):
+        for array in arrays:
             array = np.rot90(array, turns, axes=(-2, -1))
             if flip:
                 array = array[..., ::-1]
             out.append(np.ascontiguousarray(array))
         # The coarse field is computed afterwards from the transformed target, so it stays the
         # exact block sum of what the model sees.
-        return out[0], out[1]
+        return out
 
 
 class ProductDataset(CubeDataset):
@@ -235,16 +253,15 @@ class ProductDataset(CubeDataset):
         assert cubes.coarse is not None  # open_year raises when the product is missing
         return cubes.aux, cubes.coarse
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
-        index, epoch = (int(key[0]), int(key[1])) if isinstance(key, tuple) else (int(key), 0)
+    def _item(self, index: int, epoch: int, augment: bool, forest: bool = True) -> dict[str, Any]:
         tile_id, row, year = self.samples[index]
         window = self.windows[year]
         aux = np.stack([self._cube(w)[0][row] for w in window], axis=1)  # [C, T, H, W]
         product = np.stack([self._cube(w)[1][row, 0] for w in window], axis=0)[None]
         aux = aux.astype(np.float32, copy=False)
         product = product.astype(np.float32, copy=False)
-        if self.augment:  # rotations and flips commute with the block structure
-            aux, product = self._augment(aux, product, index, epoch)
+        if augment:  # rotations and flips commute with the block structure
+            aux, product = self._augment([aux, product], index, epoch)
         centre = self.temporal // 2
         cell = product[:, centre]
         covered = block_sum(aux_domain(aux[:, centre]).astype(np.float32), self.scale)
@@ -267,6 +284,12 @@ def model_inputs(batch: dict[str, Any], device: torch.device) -> tuple[Tensor, T
         batch["aux"].to(device, non_blocking=non_blocking),
         batch["coarse"].to(device, non_blocking=non_blocking),
     )
+
+
+def model_forest_values(batch: dict[str, Any], device: torch.device) -> Tensor | None:
+    """The batch's cached forest prior values, or None (the model then computes them)."""
+    values = batch.get("forest")
+    return None if values is None else values.to(device, non_blocking=device.type == "cuda")
 
 
 def model_allowed(batch: dict[str, Any], device: torch.device) -> Tensor | None:

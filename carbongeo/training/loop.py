@@ -43,7 +43,7 @@ from carbongeo.store.checkpoint import (
 )
 from carbongeo.store.tiles import TileIndex
 from carbongeo.training.coarse import coarse_loss, step_factor, validate_coarse
-from carbongeo.training.data import model_allowed, model_inputs
+from carbongeo.training.data import model_allowed, model_forest_values, model_inputs
 from carbongeo.training.distributed import DistContext, all_reduce, barrier
 from carbongeo.training.divergence import diverged, no_finite_loss
 from carbongeo.training.interrupt import DeferredInterrupt, InterruptGuard
@@ -124,7 +124,12 @@ def validate(
     for batch in loader:
         aux, coarse = model_inputs(batch, device)
         with autocast(device, amp_dtype):
-            pred = model(aux, coarse, allowed=model_allowed(batch, device))
+            pred = model(
+                aux,
+                coarse,
+                allowed=model_allowed(batch, device),
+                forest_values=model_forest_values(batch, device),
+            )
         centre = coarse[:, :, coarse.shape[2] // 2]
         meter.update(pred.float(), batch["target"].to(device), batch["mask"].to(device), centre)
         if interrupt is not None and interrupt.requested and not ctx.distributed:
@@ -373,7 +378,9 @@ class Trainer:
             target = batch["target"].to(device, non_blocking=True)
             mask = batch["mask"].to(device, non_blocking=True)
             with autocast(device, parts.amp_dtype):
-                pred = parts.train_model(aux, coarse, allowed=model_allowed(batch, device))
+                pred = parts.train_model(
+                    aux, coarse, allowed=model_allowed(batch, device), network_only=True
+                )
             centre = coarse[:, :, coarse.shape[2] // 2]
             loss, terms = parts.loss_fn(pred.float(), target, centre, mask)
         # One flag vector per step, all-reduced so every process skips or stops together.

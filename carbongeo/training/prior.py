@@ -23,20 +23,35 @@ training draws from afterwards.
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from sklearn.ensemble import RandomForestRegressor
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from carbongeo.models.losses import CoarseLevelLoss, HybridLoss
 from carbongeo.models.network import DSTCarbonFormer
+from carbongeo.models.trees import TreeEnsemble
 from carbongeo.training.coarse import aggregate
+from carbongeo.training.data import CubeDataset, model_inputs
 
-__all__ = ["PRIOR_LR", "PRIOR_SAMPLES", "PRIOR_STEPS", "PriorFit", "fit_prior"]
+__all__ = [
+    "FOREST_PIXELS",
+    "PRIOR_LR",
+    "PRIOR_SAMPLES",
+    "PRIOR_STEPS",
+    "ForestFit",
+    "PriorFit",
+    "cache_forest_values",
+    "fit_forest_prior",
+    "fit_prior",
+]
 
 PRIOR_SAMPLES = 256
 """Most training samples the prior is fitted on (it has one weight per aux band)."""
@@ -183,3 +198,139 @@ def _batch_loss(
         return total / len(factors)
     pred = model.prior_forward(aux, coarse, 1, allowed, weight)
     return loss_fn(pred, target, coarse[:, :, coarse.shape[2] // 2], mask)[0]
+
+
+# --------------------------------------------------------------------------- the forest prior
+FOREST_PIXELS = 300_000
+"""Training pixels the forest prior is fitted on at most, drawn evenly from every sample."""
+
+FOREST_TREES = 50
+FOREST_MIN_LEAF = 5
+FOREST_MAX_DEPTH = 14
+"""Trees, samples per leaf and depth of the forest prior. The depth bounds its size in the
+checkpoint and the steps of a prediction (one per level)."""
+
+_FEATURE_BATCH = 16
+"""Samples per forward pass while features or forest values are computed."""
+
+
+@dataclass(frozen=True)
+class ForestFit:
+    """The fitted forest prior.
+
+    Attributes:
+        forest: The trees, ready to load into a model built with ``forest=forest.size``.
+        pixels: Training pixels it was fitted on.
+        samples: Training samples they were drawn from.
+        seconds: Time taken.
+    """
+
+    forest: TreeEnsemble
+    pixels: int
+    samples: int
+    seconds: float
+
+    def describe(self) -> str:
+        """One line: trees, size, pixels and time."""
+        size = self.forest.size
+        return (
+            f"prior: random forest of {size['trees']} trees (depth <= {size['depth']}, "
+            f"{size['nodes']} nodes) fitted on {self.pixels} pixels of {self.samples} training "
+            f"samples in {self.seconds:.1f} s"
+        )
+
+
+def fit_forest_prior(
+    model_kwargs: Mapping[str, Any],
+    dataset: CubeDataset,
+    *,
+    seed: int,
+    device: torch.device,
+    pixels: int = FOREST_PIXELS,
+    threads: int = -1,
+) -> ForestFit:
+    """Fit the forest prior on the fine truth of the training samples.
+
+    The features are the network's own (:meth:`~carbongeo.models.network.DSTCarbonFormer.
+    forest_features`), computed from the model inputs of each sample, so the forest reads at
+    prediction what it learnt from. The label is the fine target of the sample's pixels where it
+    and every aux band are known.
+
+    Args:
+        model_kwargs: The network's keyword arguments (without ``forest``).
+        dataset: The training :class:`~carbongeo.training.data.CubeDataset` (fine truth).
+        seed: Seeds the pixel sampling and the forest.
+        device: Where the features are computed.
+        pixels: Training pixels at most, drawn evenly from every sample.
+        threads: Threads of the fit (-1: all cores); the forest does not depend on it.
+
+    Returns:
+        The fitted forest.
+
+    Raises:
+        ValueError: If the samples hold no pixel with a target.
+    """
+    start = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):  # the run's model initialisation stays as it was
+        helper = DSTCarbonFormer(**{**model_kwargs, "forest": None}).to(device).eval()
+    rng = np.random.default_rng(seed)
+    per_sample = max(1, math.ceil(pixels / max(len(dataset), 1)))
+    rows, labels = [], []
+    for _, items in _plain_batches(dataset):
+        aux, coarse = model_inputs(items, device)
+        with torch.no_grad():
+            features = helper.forest_features(aux, coarse).cpu().numpy()
+        targets, masks = items["target"].numpy(), items["mask"].numpy()
+        for i in range(features.shape[0]):
+            usable = np.flatnonzero(masks[i, 0])
+            if usable.size == 0:
+                continue
+            chosen = np.sort(rng.choice(usable, size=min(per_sample, usable.size), replace=False))
+            rows.append(features[i].reshape(features.shape[1], -1)[:, chosen].T)
+            labels.append(targets[i, 0].reshape(-1)[chosen])
+    if not rows:
+        raise ValueError("the training samples hold no pixel with a target to fit a forest on")
+    y = np.concatenate(labels)
+    return ForestFit(
+        forest=_fit_trees(np.concatenate(rows), y, seed, threads),
+        pixels=len(y),
+        samples=len(dataset),
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _fit_trees(x: np.ndarray, y: np.ndarray, seed: int, threads: int) -> TreeEnsemble:
+    estimator = RandomForestRegressor(
+        n_estimators=FOREST_TREES,
+        min_samples_leaf=FOREST_MIN_LEAF,
+        max_depth=FOREST_MAX_DEPTH,
+        max_features=0.5,
+        random_state=seed,
+        n_jobs=threads,
+    )
+    return TreeEnsemble.from_sklearn(estimator.fit(x, y))
+
+
+def cache_forest_values(model: DSTCarbonFormer, dataset: CubeDataset, device: torch.device) -> None:
+    """Compute the model's forest values of every sample once and hand them to ``dataset``
+    (:meth:`~carbongeo.training.data.CubeDataset.set_forest_values`), so that validation pays for
+    the trees once instead of every epoch."""
+    values: list[np.ndarray] = []
+    model = model.eval()
+    for _, items in _plain_batches(dataset):
+        aux, coarse = model_inputs(items, device)
+        with torch.no_grad():
+            values.extend(model.forest_values(aux, coarse).cpu().numpy()[:, 0])
+    dataset.set_forest_values(np.stack(values) if values else None)
+
+
+def _plain_batches(dataset: CubeDataset) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(first sample index, batch)`` over every sample in order, without augmentation."""
+    for first in range(0, len(dataset), _FEATURE_BATCH):
+        last = min(first + _FEATURE_BATCH, len(dataset))
+        yield first, _collate([dataset.plain_item(i) for i in range(first, last)])
+
+
+def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = [k for k in ("aux", "coarse", "target", "mask", "allowed") if k in items[0]]
+    return {k: torch.stack([item[k] for item in items]) for k in keys}

@@ -54,9 +54,14 @@ _RETRAIN = "retrain with: carbongeo train"
 
 # --------------------------------------------------------------------------- model and loss
 def model_kwargs(
-    config: PipelineConfig, n_bands: int, scale: int, norm: Normalization
+    config: PipelineConfig,
+    n_bands: int,
+    scale: int,
+    norm: Normalization,
+    forest: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
-    """The ``DSTCarbonFormer`` keyword arguments of a pipeline's ``[model]`` table."""
+    """The ``DSTCarbonFormer`` keyword arguments of a pipeline's ``[model]`` table, with the
+    size of a forest prior when there is one."""
     mcfg = config.model
     return {
         "aux_channels": n_bands,
@@ -68,6 +73,7 @@ def model_kwargs(
         "fft_filter": mcfg.fft_filter,
         "mass_constraint": mcfg.mass_constraint,
         "value_scale": norm.value_scale,
+        "forest": dict(forest) if forest else None,
     }
 
 
@@ -364,11 +370,13 @@ def build_parts(
     device: torch.device,
     total_epochs: int,
     max_steps_per_epoch: int | None,
+    forest: Mapping[str, int] | None = None,
 ) -> TrainingParts:
     """Build the loaders, model, loss and optimisation of a run, not yet wrapped (:func:`wrap`).
 
     The model's initialisation draws from the torch generator, so a run is reproducible from
     ``train.seed`` when this is called right after :func:`seed_everything` and the normalisation.
+    ``forest`` is the size of the model's forest prior (its trees are loaded afterwards).
     """
     tcfg = config.train
     train_set, val_set = datasets
@@ -381,7 +389,8 @@ def build_parts(
     batches = math.ceil(sampler.epoch_length / tcfg.batch_size)
     steps_per_epoch = min(batches, max_steps_per_epoch or batches)
 
-    model = build_model(model_kwargs(config, len(index.bands), index.scale, norm)).to(device)
+    kwargs = model_kwargs(config, len(index.bands), index.scale, norm, forest)
+    model = build_model(kwargs).to(device)
     if tcfg.channels_last:
         channels_last(model)
     loss_fn = build_loss(config, index.scale, norm).to(device)

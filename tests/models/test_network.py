@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from sklearn.ensemble import RandomForestRegressor
 from torch import nn
 
 from carbongeo.models import DSTCarbonFormer, count_parameters
 from carbongeo.models.losses import HybridLoss
-from carbongeo.ops.blocks import block_sum
+from carbongeo.models.network import FOREST_FLOOR
+from carbongeo.models.trees import TreeEnsemble
+from carbongeo.ops.blocks import block_sum, upsample_blocks
 
 TINY = {"dim": 8, "depth": 1}
 
@@ -265,3 +269,55 @@ def test_factor_one_is_the_plain_call() -> None:
     aux, coarse = make_inputs(1, 3, 3, 16, 16, scale=4)
     with torch.no_grad():
         assert torch.equal(model(aux, coarse, 1), model(aux, coarse))
+
+
+def forest_model(channels: int = 3, scale: int = 4) -> DSTCarbonFormer:
+    """A tiny model whose forest prior was fitted on its own features of random inputs."""
+    torch.manual_seed(0)
+    plain = DSTCarbonFormer(channels, scale, **TINY).eval()
+    aux, coarse = make_inputs(2, channels, 3, 32, 32, scale)
+    features = plain.forest_features(aux, coarse)
+    rows = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]).numpy()
+    label = np.exp(rows[:, 0])  # the forest learns "more where band 0 is high"
+    fitted = RandomForestRegressor(4, max_depth=5, random_state=0).fit(rows, label)
+    trees = TreeEnsemble.from_sklearn(fitted)
+    model = DSTCarbonFormer(channels, scale, **TINY, forest=trees.size).eval()
+    model.load_state_dict(plain.state_dict(), strict=False)
+    assert model.forest is not None
+    model.forest.load_state_dict(trees.state_dict())
+    return model
+
+
+def test_a_forest_prior_is_blended_in_and_mass_stays_exact() -> None:
+    model = forest_model()
+    aux, coarse = make_inputs(2, 3, 3, 32, 32, 4, seed=3)
+    with torch.no_grad():
+        blended = model(aux, coarse)
+        alone = model(aux, coarse, network_only=True)
+        values = model.forest_values(aux, coarse)
+        cached = model(aux, coarse, forest_values=values)
+        coarser = model(aux, block_sum(coarse, 2), 2)
+    assert relative_block_error(blended, coarse[:, :, 1], 4) < 1e-4
+    assert relative_block_error(coarser, block_sum(coarse, 2)[:, :, 1], 8) < 1e-4
+    assert torch.equal(cached, blended)
+    # The blend is the geometric mean of the network's and the forest's allocations (up to the
+    # soft bound on the log-ratio, which acts after the blend).
+    forest_share = values + FOREST_FLOOR * model.value_scale
+    geometric = torch.sqrt(alone * forest_share)
+    expected = geometric * upsample_blocks(coarse[:, :, 1] / block_sum(geometric, 4), 4)
+    torch.testing.assert_close(blended, expected, rtol=1e-2, atol=1e-2)
+    assert not torch.allclose(blended, alone)
+
+
+def test_a_forest_prior_rebuilds_from_its_config_and_checks_its_features() -> None:
+    model = forest_model()
+    rebuilt = DSTCarbonFormer(**model.config)
+    rebuilt.load_state_dict(model.state_dict())
+    aux, coarse = make_inputs(1, 3, 3, 32, 32, 4, seed=5)
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(aux, coarse), model(aux, coarse))
+    wrong = {**model.config, "aux_channels": 4}
+    with pytest.raises(ValueError, match="reads 9 features"):
+        DSTCarbonFormer(**wrong)
+    with pytest.raises(ValueError, match="no forest prior"):
+        DSTCarbonFormer(3, 4, **TINY).forest_values(aux, coarse)

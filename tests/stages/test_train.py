@@ -25,6 +25,7 @@ from carbongeo.store.checkpoint import Checkpoint, load_checkpoint, save_checkpo
 from carbongeo.store.split import load_split
 from carbongeo.training.data import CubeDataset
 from carbongeo.training.loop import LOG_COLUMNS, validate
+from carbongeo.training.prior import FOREST_TREES
 from carbongeo.training.setup import model_from_checkpoint
 
 # 4 train tiles x 3 years = 12 samples: 4 steps of 3 per epoch; 2 val tiles.
@@ -120,17 +121,25 @@ def test_training_lowers_validation_mae(tmp_path: Path) -> None:
     assert result.best_val_mae < 0.95 * before
 
 
-def test_a_fitted_prior_starts_training_and_zero_does_not(
+def test_each_prior_starts_training_as_asked(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level("INFO", logger="carbongeo")
-    train(make_world(tmp_path / "fitted", epochs=1, prior="fitted"), progress=False)
+    result = train(make_world(tmp_path / "fitted", epochs=1, prior="fitted"), progress=False)
     assert "prior: log-linear allocation fitted on" in caplog.text
+    assert load_checkpoint(result.best_path).model_config["forest"] is None
     caplog.clear()
-    zero = make_world(tmp_path / "zero", epochs=1)  # fine supervision: auto means zero
-    assert not zero.prior_fitted
-    train(zero, progress=False)
+    zero = make_world(tmp_path / "zero", epochs=1, prior="zero")
+    result = train(zero, progress=False)
     assert "prior:" not in caplog.text
+    assert load_checkpoint(result.best_path).model_config["forest"] is None
+    caplog.clear()
+    forest = make_world(tmp_path / "forest", epochs=1)  # fine supervision: auto is the forest
+    assert forest.prior_kind == "forest"
+    result = train(forest, progress=False)
+    assert "prior: random forest of" in caplog.text
+    model = model_from_checkpoint(load_checkpoint(result.best_path))
+    assert model.forest is not None and model.forest.size["trees"] == FOREST_TREES
 
 
 def test_resume_after_a_kill_matches_an_uninterrupted_run(

@@ -201,3 +201,19 @@ def test_zero_classes_give_an_allowed_mask_that_follows_the_augmentation(tmp_pat
         raw_class = item["aux"][1, 1] * norm.aux_std[1] + norm.aux_mean[1]  # centre year
         np.testing.assert_array_equal(item["allowed"][0].numpy(), ~np.isclose(raw_class, 1.0))
         assert item["allowed"].dtype == torch.bool
+
+
+def test_cached_forest_values_follow_the_augmentation(
+    cubes: tuple[Path, list[int], Normalization],
+) -> None:
+    tiles_dir, ids, norm = cubes
+    augmented = CubeDataset(tiles_dir, ids, list(YEARS), norm, augment=True, seed=3)
+    # Cache the un-augmented target as the "forest values": it must move with the target.
+    values = np.stack([augmented.plain_item(i)["target"][0].numpy() for i in range(len(augmented))])
+    augmented.set_forest_values(values)
+    for index in range(len(augmented)):
+        item = augmented[(index, 1)]
+        assert torch.equal(item["forest"], item["target"])
+        assert "forest" not in augmented.plain_item(index)
+    with pytest.raises(ValueError, match="forest values of"):
+        augmented.set_forest_values(values[:1])

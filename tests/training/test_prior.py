@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from _cubes import SCALE as CUBE_SCALE
+from _cubes import YEARS, write_cubes
 
 from carbongeo.models.losses import CoarseLevelLoss, HybridLoss
 from carbongeo.models.network import DSTCarbonFormer
 from carbongeo.ops.blocks import block_sum
-from carbongeo.training.prior import fit_prior
+from carbongeo.training.data import CubeDataset
+from carbongeo.training.normalization import compute_normalization
+from carbongeo.training.prior import cache_forest_values, fit_forest_prior, fit_prior
 
 SCALE, SIZE, BANDS = 4, 16, 3
 TRUE_WEIGHTS = (1.5, -0.8, 0.0)
@@ -102,3 +107,45 @@ def test_fit_is_deterministic_and_keeps_uniform_shares_when_nothing_helps() -> N
     )
     assert fit.weights == (0.0, 0.0, 0.0) and fit.loss_after == pytest.approx(fit.loss_before)
     assert torch.count_nonzero(flat.aux_prior.weight) == 0
+
+
+def test_the_forest_prior_learns_from_the_fine_truth_and_is_deterministic(
+    tmp_path: Path,
+) -> None:
+    ids = write_cubes(tmp_path, n_tiles=4)
+    norm = compute_normalization(tmp_path, ids, YEARS, high_quantile=0.9)
+    dataset = CubeDataset(tmp_path, ids, list(YEARS), norm, augment=True)
+    kwargs = {"aux_channels": len(norm.aux_mean), "scale": CUBE_SCALE, "dim": 8, "depth": 1}
+    cpu = torch.device("cpu")
+    fit = fit_forest_prior(kwargs, dataset, seed=0, device=cpu, pixels=2000, threads=1)
+    again = fit_forest_prior(kwargs, dataset, seed=0, device=cpu, pixels=2000, threads=2)
+    assert fit.samples == len(dataset) and 0 < fit.pixels <= 2000 + len(dataset)
+    pairs = zip(fit.forest.buffers(), again.forest.buffers(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    assert "random forest of" in fit.describe()
+    model = DSTCarbonFormer(**kwargs, forest=fit.forest.size, value_scale=norm.value_scale)
+    model.forest.load_state_dict(fit.forest.state_dict())
+    plain_set = CubeDataset(tmp_path, ids, list(YEARS), norm)
+    cache_forest_values(model, plain_set, cpu)
+    item = plain_set[0]
+    with torch.no_grad():
+        direct = model.forest_values(item["aux"][None], item["coarse"][None])
+    assert torch.equal(item["forest"], direct[0])
+    # The forest's map beats uniform allocation on the pixels it learnt from.
+    plain = [dataset.plain_item(i) for i in range(len(dataset))]
+    errors = {"forest": 0.0, "uniform": 0.0}
+    with torch.no_grad():
+        for it in plain:
+            aux, coarse, target, mask = (
+                it["aux"][None],
+                it["coarse"][None],
+                it["target"],
+                it["mask"],
+            )
+            forest = model(aux, coarse)[0]
+            uniform = DSTCarbonFormer(**kwargs, value_scale=norm.value_scale).prior_forward(
+                aux, coarse, weight=torch.zeros(1, kwargs["aux_channels"], 1, 1)
+            )[0]
+            errors["forest"] += float((forest - target).abs()[mask].sum())
+            errors["uniform"] += float((uniform - target).abs()[mask].sum())
+    assert errors["forest"] < errors["uniform"]
