@@ -9,6 +9,7 @@ centre year (tonnes per fine pixel)::
     aux ----fold T into channels--> progressive stem + multi-scale dilated block       aux stream
     main = SFT(main, aux) -> residual blocks -> 2-level encoder-decoder (1/2, 1/4 resolution)
          -> SFT(main, multi-scale(aux)) -> residual blocks -> global context -> head: log-ratio r
+    r = (r + log forest shares) / 2          (optional forest prior: the geometric mean of the two)
     pred = nearest_density * exp(r)          (no tanh-style cap near the cell mean)
     pred = FFT low-pass replacement by the bicubic mass-preserving upsampling   (optional)
     pred = max(pred, 0) -> exact block-sum conservation to the coarse cell      (optional)
