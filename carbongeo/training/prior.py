@@ -171,8 +171,7 @@ def fit_prior(
 
 def _stack(items: list[dict[str, Any]], device: torch.device) -> dict[str, Tensor]:
     """The samples as one batch; of the aux bands only the centre year, which the prior reads."""
-    keys = [k for k in ("aux", "coarse", "target", "mask", "allowed") if k in items[0]]
-    batch = {k: torch.stack([item[k] for item in items]) for k in keys}
+    batch = _collate(items)
     centre = batch["aux"].shape[2] // 2
     batch["aux"] = batch["aux"][:, :, centre : centre + 1].contiguous()
     return {k: v.to(device) for k, v in batch.items()}
@@ -331,6 +330,7 @@ def _plain_batches(dataset: CubeDataset) -> Iterator[tuple[int, dict[str, Any]]]
         yield first, _collate([dataset.plain_item(i) for i in range(first, last)])
 
 
-def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+def _collate(items: list[dict[str, Any]]) -> dict[str, Tensor]:
+    """The samples' model inputs, labels and masks as one batch."""
     keys = [k for k in ("aux", "coarse", "target", "mask", "allowed") if k in items[0]]
     return {k: torch.stack([item[k] for item in items]) for k in keys}
